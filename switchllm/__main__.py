@@ -1,0 +1,3 @@
+from switchllm.cli import main
+
+raise SystemExit(main())

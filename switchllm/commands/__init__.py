@@ -1,0 +1,1 @@
+"""Sub-commands of the `switchllm` CLI, one module each."""

@@ -1,0 +1,13 @@
+"""`switchllm eval` (being built)."""
+
+import argparse
+
+from switchllm.errors import SwitchLLMError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SwitchLLMError("`switchllm eval` is not available yet")

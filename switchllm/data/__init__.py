@@ -1,0 +1,1 @@
+"""Data: the shipped benchmark sets, user training-data formats, and pairwise battles."""

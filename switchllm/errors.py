@@ -1,0 +1,21 @@
+"""Errors a user can act on. The CLI prints their message as one line, never a traceback."""
+
+
+class SwitchLLMError(Exception):
+    """Base class: bad input, missing files, unknown names. The message says what is wrong."""
+
+
+class UnknownRouterError(SwitchLLMError):
+    pass
+
+
+class UnknownModelError(SwitchLLMError):
+    pass
+
+
+class DataError(SwitchLLMError):
+    """A data file is missing, empty, or malformed (the message names file and line)."""
+
+
+class CardError(SwitchLLMError):
+    """A router card on disk is missing, corrupt, or incompatible."""

@@ -114,7 +114,7 @@ class Router(ABC):
         """Learned tensors to store in weights.safetensors."""
         return {}
 
-    def _set_state(self, tensors: dict[str, np.ndarray]) -> None:
+    def _set_state(self, tensors: dict[str, np.ndarray]) -> None:  # noqa: B027 - optional hook
         """Restore learned tensors read from weights.safetensors."""
 
     def save(self, directory: str | Path) -> Path:

@@ -1,0 +1,100 @@
+"""Embeddings: the local default, an OpenAI-compatible endpoint on loopback, and the cache."""
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from switchllm.embeddings import CachedEmbedder, EmbeddingError, LocalEmbedder, OpenAIEmbedder
+
+
+class _EmbeddingsHandler(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+    status = 200
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append({"auth": self.headers.get("Authorization"), **body})
+        if type(self).status != 200:
+            self.send_response(type(self).status)
+            self.end_headers()
+            return
+        data = []
+        for i, text in enumerate(body["input"]):
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+            vector = np.random.default_rng(seed).normal(size=8).tolist()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        payload = json.dumps({"object": "list", "data": data[::-1], "model": body["model"]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(payload.encode())
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
+@pytest.fixture
+def embeddings_server():
+    _EmbeddingsHandler.requests = []
+    _EmbeddingsHandler.status = 200
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EmbeddingsHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_openai_compatible_endpoint_and_persistent_cache(embeddings_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_EMBED_KEY", "sk-secret-123")
+    texts = ["alpha", "beta", "alpha", "gamma"]
+    first = CachedEmbedder(
+        OpenAIEmbedder("text-embedding-3-small", base_url=embeddings_server,
+                       api_key_env="TEST_EMBED_KEY", batch_size=2),
+        cache_dir=tmp_path,
+    )
+    assert first.name == "openai:text-embedding-3-small"
+    vectors = first.embed(texts)
+    assert vectors.shape == (4, 8) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[2])  # same text, same vector
+    sent = [t for r in _EmbeddingsHandler.requests for t in r["input"]]
+    assert sorted(sent) == ["alpha", "beta", "gamma"]  # duplicates embedded once
+    assert all(r["auth"] == "Bearer sk-secret-123" for r in _EmbeddingsHandler.requests)
+
+    # A new process (new embedder) reads the on-disk cache: no request reaches the server.
+    _EmbeddingsHandler.requests = []
+    second = CachedEmbedder(
+        OpenAIEmbedder("text-embedding-3-small", base_url=embeddings_server,
+                       api_key_env="TEST_EMBED_KEY"),
+        cache_dir=tmp_path,
+    )
+    np.testing.assert_array_equal(second.embed(texts), vectors)
+    assert _EmbeddingsHandler.requests == []
+
+
+def test_endpoint_errors_are_clear_and_keep_the_key_secret(embeddings_server, monkeypatch):
+    monkeypatch.setenv("TEST_EMBED_KEY", "sk-secret-123")
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    _EmbeddingsHandler.status = 401
+    embedder = OpenAIEmbedder("m", base_url=embeddings_server, api_key_env="TEST_EMBED_KEY")
+    with pytest.raises(EmbeddingError, match="HTTP 401") as excinfo:
+        embedder.embed(["x"])
+    assert "sk-secret" not in str(excinfo.value)
+    assert len(_EmbeddingsHandler.requests) == 1  # 401 is not retried
+
+
+def test_local_default_model_embeds_offline(tmp_path):
+    embedder = CachedEmbedder(LocalEmbedder(), cache_dir=tmp_path, use_shipped=False)
+    vectors = embedder.embed([
+        "How do I bake sourdough bread?",
+        "What is a good recipe for sourdough?",
+        "Prove that there are infinitely many primes.",
+    ])
+    assert vectors.shape == (3, 384)
+    similar, different = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
+    assert similar > different + 0.2

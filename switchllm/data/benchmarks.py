@@ -16,7 +16,7 @@ import io
 import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +51,8 @@ TRAINING_SOURCES: list[str] = [
 ]
 # MT-Bench is the headline evaluation: default routers never train on its prompts.
 DEFAULT_TRAINING_EXCLUDE = frozenset({"mt-bench", "mt-bench-human"})
+# Benchmarks that are the test split of a set whose train split is a training source.
+TEST_SPLITS = frozenset({"routerbench", "llmrouter"})
 
 ROUTERBENCH_TASKS = ("arc_challenge", "mbpp", "winograde")
 # LLMRouter gives prices per 1M tokens but no token counts: per-query cost is estimated from the
@@ -329,23 +331,14 @@ def load_benchmark(name: str) -> Benchmark:
 
 # ---- training battles ------------------------------------------------------------------------
 
-def _scores_battles(prompts: Sequence[str], models: Sequence[str], quality: np.ndarray,
-                    drop_prompts: Iterable[str] = ()) -> Battles:
-    drop = set(drop_prompts)
-    keep = np.array([p not in drop for p in prompts], dtype=bool)
-    return Battles.from_scores([p for p, k in zip(prompts, keep, strict=True) if k],
-                               list(models), quality[keep])
-
-
 def _training_battles(source: str) -> Battles:
     if source == "routerbench":
         prompts, models, quality, _, _ = _routerbench_rows("train")
-        return _scores_battles(prompts, models, quality, load_benchmark("routerbench").prompts)
+        return Battles.from_scores(prompts, models, quality)
     if source == "llmrouter":
         prompts, models, quality = _llmrouter_split("train")
-        # 119 training questions reappear in the test split: drop them from training.
-        return _scores_battles(prompts, [canonical_model(m) for m in models], quality,
-                               load_benchmark("llmrouter").prompts)
+        # (119 training questions reappear in the test split: the caller drops them.)
+        return Battles.from_scores(prompts, [canonical_model(m) for m in models], quality)
     if source == "mt-bench-human":
         turn1 = {q["question_id"]: q["turns"][0] for q in
                  _read_jsonl(SETS_DIR / "routellm" / "mt_bench" / "question.jsonl.gz")}
@@ -362,13 +355,18 @@ def _cached_training_battles(exclude: frozenset[str]) -> Battles:
     battles = parts[0]
     for part in parts[1:]:
         battles = battles.concat(part)
-    return battles
+    # Sets overlap (LLMRouter's training questions include MBPP and GSM8K ones): a prompt of an
+    # excluded set or of a test split never reaches training, whichever set brought it.
+    held_out = {p for name in (exclude | TEST_SPLITS) & set(BENCHMARKS)
+                for p in load_benchmark(name).prompts}
+    return battles.select_prompts(np.array([p not in held_out for p in battles.prompts]))
 
 
 def shipped_training_battles(exclude: Iterable[str] = DEFAULT_TRAINING_EXCLUDE) -> Battles:
     """Battles from the training portions of the shipped sets (`TRAINING_SOURCES`) minus the
     named sets: RouterBench and LLMRouter train splits, Arena-Hard, RouteLLM's MMLU, GSM8K and
-    MT-Bench results, and the MT-Bench human votes."""
+    MT-Bench results, and the MT-Bench human votes. Prompts of the excluded sets and of the
+    test splits (`TEST_SPLITS`) are dropped whichever set they come from."""
     exclude = frozenset(exclude)
     unknown = exclude - set(TRAINING_SOURCES)
     if unknown:

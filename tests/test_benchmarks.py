@@ -30,7 +30,7 @@ def test_mt_bench_quality_is_mean_of_both_turn_grades() -> None:
             if r["question_id"] == qid and r["model"] == bm.WEAK]
     assert sorted(r["turn"] for r in rows) == [1, 2]
     assert bench.quality[0, 1] == pytest.approx((rows[0]["score"] + rows[1]["score"]) / 2)
-    assert bench.prompts[0].startswith("Compose an engaging travel blog post")  # turn 1 only
+    assert bench.prompts[0].startswith("Draft a professional email")  # turn 1 of question 82
 
 
 def test_every_benchmark_loads_fast_and_consistently() -> None:

@@ -54,14 +54,15 @@ def _benchmarks(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _routers(values: list[str]) -> list[str]:
-    from switchllm.routers import available_routers, load_router
+def _routers(values: list[str], retrain: bool) -> list[str]:
+    from switchllm.routers import ROUTER_KINDS, available_routers, load_router
 
     names = _split(values)
     if names == ["all"]:
         return available_routers()
     for name in names:  # fail before any work on a name that is neither a router nor a card
-        if name != "random":
+        # retraining (--cv, --leave-out) needs a kind, not a shipped card
+        if name != "random" and not (retrain and name in ROUTER_KINDS):
             load_router(name)
     if not names:
         raise SwitchLLMError("no router given to --routers")
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from switchllm.evaluation.runner import EvalSettings, choose_pair, evaluate, write_results
 
     benchmarks = _benchmarks(args.benchmark)
-    routers = _routers(args.routers)
+    routers = _routers(args.routers, retrain=args.cv is not None or args.leave_out)
     if args.cv is not None and args.cv < 2:
         raise SwitchLLMError(f"--cv needs at least 2 folds, got {args.cv}")
     if args.batch_size < 1:

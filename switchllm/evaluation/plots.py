@@ -25,10 +25,12 @@ def plot_quality(results: dict[str, Any], path: Path) -> None:
         curve = entry["curve"]
         ax.plot(curve["strong_pct"], curve["quality"], marker=".", markersize=3,
                 label=f"{name} (APGR {entry['apgr']:.3f})")
+    labels = {"random": f"random, mean of {refs['random'].get('seeds', 10)} seeds",
+              "oracle": "oracle (best achievable)"}
     for key, style in (("random", ":"), ("oracle", "-.")):
         curve = refs[key]["curve"]
         ax.plot(curve["strong_pct"], curve["quality"], linestyle=style, color="black",
-                alpha=0.6, label=f"{key} (APGR {refs[key]['apgr']:.3f})")
+                alpha=0.6, label=f"{labels[key]} (APGR {refs[key]['apgr']:.3f})")
     ax.axhline(refs["strong"]["quality"], color="tab:red", linestyle="--",
                label=f"strong: {refs['strong']['model']}")
     ax.axhline(refs["weak"]["quality"], color="grey", linestyle="--",

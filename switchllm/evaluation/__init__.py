@@ -1,0 +1,1 @@
+"""Router evaluation: routing metrics (`metrics`), the runner (`runner`) and plots (`plots`)."""

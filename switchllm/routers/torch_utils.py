@@ -49,6 +49,7 @@ def resolve_base_dir(base_model: str) -> Path:
             f"base model {base_model!r} is not a local Hugging Face model directory "
             f"(nor the bundled {BUNDLED_ENCODER!r}); models are never downloaded at run time"
         )
+    check_base_dir(path)
     return path.resolve()
 
 
@@ -96,7 +97,7 @@ def load_tokenizer(directory: Path) -> Any:
         return AutoTokenizer.from_pretrained(
             str(directory), local_files_only=True, trust_remote_code=False
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SwitchLLMError(f"cannot load a tokenizer from {directory}: {exc}") from exc
 
 

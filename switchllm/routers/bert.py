@@ -249,7 +249,8 @@ class BertRouter(Router):
         self._require_trained()
         state = {ENCODER_PREFIX + name: tu.to_numpy(p)
                  for name, p in self._trainable_encoder_params().items()}
-        state.update({HEAD_PREFIX + name: tu.to_numpy(p) for name, p in self._head_params().items()})
+        head = self._head_params().items()
+        state.update({HEAD_PREFIX + name: tu.to_numpy(p) for name, p in head})
         return state
 
     def _set_state(self, tensors: dict[str, np.ndarray]) -> None:

@@ -173,7 +173,8 @@ class AsyncRouting:
     async def decide(self, name: str, threshold: float, prompt: str) -> Decision:
         router = self.routers.get(name)
         started = time.perf_counter()
-        rate = await self.batchers[name].win_rate(prompt, router_pair(router, self.strong, self.weak))
+        pair = router_pair(router, self.strong, self.weak)
+        rate = await self.batchers[name].win_rate(prompt, pair)
         model = choose(rate, threshold, self.strong, self.weak)
         return Decision(name, threshold, rate, model, time.perf_counter() - started)
 

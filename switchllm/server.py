@@ -138,7 +138,8 @@ class SwitchServer:
             elif path == "/metrics":
                 self._authorize(scope)
                 body = self.metrics.render()
-                await _send(send, 200, body, [(b"content-type", self.metrics.content_type.encode())])
+                content_type = self.metrics.content_type.encode()
+                await _send(send, 200, body, [(b"content-type", content_type)])
             else:
                 raise HTTPError(404, f"no endpoint {method} {path}", code="not_found")
         except HTTPError as exc:

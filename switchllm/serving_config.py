@@ -138,6 +138,8 @@ def parse_router_model(model: str) -> RouteRequest | None:
         return None
     rest = model[len(ROUTER_PREFIX) :]
     name, sep, value = rest.rpartition("-")
+    if name.endswith("-"):  # router-mf--0.1: a negative threshold, reported as out of range
+        name, value = name[:-1], "-" + value
     if not sep or not name or not value:
         raise ModelNameError(
             f"model {model!r} must look like router-<router>-<threshold> "
@@ -261,9 +263,12 @@ def build_config(
     base_url: str | None = None,
     api_key: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    raw: Mapping[str, Any] | None = None,
 ) -> ServingConfig:
-    """Merge a YAML file with command-line values (command line wins)."""
-    raw = load_yaml(config_path) if config_path else {}
+    """Merge a YAML file (or an already-read mapping `raw`) with command-line values
+    (command line wins)."""
+    if raw is None:
+        raw = load_yaml(config_path) if config_path else {}
     where = str(config_path) if config_path else "config"
     models: dict[str, ModelSpec] = {}
     model_section = raw.get("models") or {}

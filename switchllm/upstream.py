@@ -139,7 +139,9 @@ class Upstreams:
         sent["model"] = self.models[model].sent_name
         return json.dumps(sent, ensure_ascii=False).encode()
 
-    def _status_error(self, model: str, status: int, raw: bytes, headers: httpx.Headers) -> UpstreamError:
+    def _status_error(
+        self, model: str, status: int, raw: bytes, headers: httpx.Headers
+    ) -> UpstreamError:
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -175,7 +177,9 @@ class Upstreams:
     def _transport_error(self, model: str, exc: Exception) -> UpstreamError:
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
             # A hung upstream: retrying it would only double the wait; go to the other model.
-            return UpstreamError(504, f"upstream model {model!r} timed out", code="upstream_timeout")
+            return UpstreamError(
+                504, f"upstream model {model!r} timed out", code="upstream_timeout"
+            )
         return UpstreamError(
             502, f"cannot reach upstream model {model!r} ({type(exc).__name__})",
             code="upstream_unreachable", retry=True,
@@ -374,7 +378,8 @@ def _rewrite_event(
             )
         event["model"] = model
         state.observe(event)
-    return b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    return b"data: " + data + b"\n\n"
 
 
 def _retry_after(value: str | None) -> float | None:

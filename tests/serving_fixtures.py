@@ -18,7 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import uvicorn
+
+from switchllm.routers import Router
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Behaviour:
     drop_stream_after: int | None = None  # close a stream after this many events
     drop_connection: bool = False  # close the connection without answering
     reply: str = "Hello from the upstream"
+    echo_auth: bool = False  # put the Authorization header in error messages (leak tests)
 
 
 @dataclass
@@ -203,17 +207,22 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
             return
         if b.delay_s:
-            asyncio.get_running_loop().call_later(b.delay_s, self.reply, body, model)
+            asyncio.get_running_loop().call_later(
+                b.delay_s, self.reply, body, model, headers.get("authorization", "")
+            )
         else:
-            self.reply(body, model)
+            self.reply(body, model, headers.get("authorization", ""))
 
-    def reply(self, body: dict[str, Any], model: str) -> None:
+    def reply(self, body: dict[str, Any], model: str, auth: str) -> None:
         assert self.transport is not None
         if self.transport.is_closing():
             return
         status = self.upstream.failure(model)
         if status is not None:
-            self.respond(status, {"error": {"message": f"fake failure {status}",
+            message = f"fake failure {status}"
+            if self.upstream.behaviour(model).echo_auth:
+                message += f" for key {auth}"
+            self.respond(status, {"error": {"message": message,
                                             "type": "server_error", "code": None}})
             return
         if body.get("stream"):
@@ -243,6 +252,24 @@ class _Connection(asyncio.Protocol):
             out.append(b"%x\r\n%s\r\n" % (len(event), event))
         out.append(b"0\r\n\r\n")
         self.transport.write(b"".join(out))
+
+
+class KeywordRouter(Router):
+    """A tiny learned-router stand-in for tests: win rate 0.9 when the prompt mentions one of
+    its keywords, else 0.1; remembers every batch it scored. Saved and loaded as a real card."""
+
+    kind = "keyword"
+    params = ("keywords",)
+
+    def __init__(self, keywords: tuple[str, ...] | list[str] = ("proof",)) -> None:
+        super().__init__()
+        self.keywords = list(keywords)
+        self.batches: list[list[str]] = []
+
+    def win_rate(self, prompts, strong=None, weak=None) -> np.ndarray:  # noqa: ANN001
+        self.resolve_pair(strong, weak)
+        self.batches.append(list(prompts))
+        return np.array([0.9 if any(k in p for k in self.keywords) else 0.1 for p in prompts])
 
 
 class ServerThread:

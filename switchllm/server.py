@@ -17,9 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import httpx
-
 from switchllm.decision_log import DecisionLog, DecisionRecord
+from switchllm.http_pool import HTTPPoolError
 from switchllm.metrics_prom import ServerMetrics
 from switchllm.routing import AsyncRouting, Decision, RouterSet
 from switchllm.serving_config import (
@@ -148,7 +147,7 @@ class SwitchServer:
             return
         except Exception:
             # Never a traceback to the client; the server log keeps it (it holds no keys:
-            # keys live only in httpx headers, which exceptions do not print).
+            # keys live only in upstream request headers, which exceptions do not carry).
             log.exception("internal error on %s %s", method, path)
             try:
                 await _send_json(
@@ -282,7 +281,7 @@ class SwitchServer:
         except UpstreamError as exc:
             status = exc.status
             await _try_send_end(send, _sse_error(exc.message, exc.code))
-        except httpx.HTTPError as exc:
+        except HTTPPoolError as exc:
             status = 502
             message = f"upstream model {opened.model!r} dropped the stream ({type(exc).__name__})"
             await _try_send_end(send, _sse_error(message, "upstream_stream_error"))

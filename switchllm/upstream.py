@@ -1,4 +1,4 @@
-"""Calling upstream OpenAI-compatible endpoints: one pooled httpx.AsyncClient, timeouts, retries
+"""Calling upstream OpenAI-compatible endpoints: one pooled HTTP client, timeouts, retries
 with backoff on 429/5xx/connection errors, and fallback to the other model when the chosen one
 fails, for streamed requests too as long as no token has reached the caller yet.
 
@@ -16,8 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from switchllm.http_pool import HTTPPool, HTTPPoolError, ReadTimeout, StreamResponse, Target
 from switchllm.serving_config import ModelSpec
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
@@ -102,13 +101,8 @@ class Upstreams:
         self.retries = max(0, retries)
         self.backoff = backoff
         self.on_retry = on_retry
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=512),
-            follow_redirects=False,
-            trust_env=False,
-        )
-        self._targets: dict[str, tuple[str, dict[str, str]]] = {}
+        self.client = HTTPPool(connect_timeout=connect_timeout, read_timeout=timeout)
+        self._targets: dict[str, tuple[Target, dict[str, str]]] = {}
         self._secrets: list[str] = []
         for name, spec in models.items():
             headers = {"content-type": "application/json", "accept": "application/json"}
@@ -116,7 +110,12 @@ class Upstreams:
             if key:
                 headers["authorization"] = f"Bearer {key}"
                 self._secrets.append(key)
-            self._targets[name] = (spec.base_url.rstrip("/") + "/chat/completions", headers)
+            url = spec.base_url.rstrip("/") + "/chat/completions"
+            try:
+                self._targets[name] = (Target.parse(url), headers)
+            except ValueError:
+                raise ValueError(f"model {name!r}: base_url {spec.base_url!r} is not an "
+                                 "http(s) URL") from None
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -140,7 +139,7 @@ class Upstreams:
         return json.dumps(sent, ensure_ascii=False).encode()
 
     def _status_error(
-        self, model: str, status: int, raw: bytes, headers: httpx.Headers
+        self, model: str, status: int, raw: bytes, headers: dict[str, str]
     ) -> UpstreamError:
         try:
             body = json.loads(raw) if raw else None
@@ -175,7 +174,7 @@ class Upstreams:
         )
 
     def _transport_error(self, model: str, exc: Exception) -> UpstreamError:
-        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        if isinstance(exc, ReadTimeout):
             # A hung upstream: retrying it would only double the wait; go to the other model.
             return UpstreamError(
                 504, f"upstream model {model!r} timed out", code="upstream_timeout"
@@ -202,13 +201,13 @@ class Upstreams:
                 assert error is not None
                 await self._backoff(model, attempt - 1, error)
             try:
-                response = await self.client.post(url, content=content, headers=headers)
-            except httpx.HTTPError as exc:
+                response = await self.client.request("POST", url, headers, content)
+            except HTTPPoolError as exc:
                 error = self._transport_error(model, exc)
             else:
-                if response.status_code == 200:
+                if response.status == 200:
                     try:
-                        payload = json.loads(response.content)
+                        payload = json.loads(response.body)
                     except ValueError:
                         payload = None
                     if isinstance(payload, dict):
@@ -219,7 +218,7 @@ class Upstreams:
                     )
                 else:
                     error = self._status_error(
-                        model, response.status_code, response.content, response.headers
+                        model, response.status, response.body, response.headers
                     )
             if not error.retry:
                 break
@@ -278,22 +277,21 @@ class Upstreams:
         raise error
 
     async def _start(
-        self, model: str, url: str, headers: dict[str, str], content: bytes
+        self, model: str, url: Target, headers: dict[str, str], content: bytes
     ) -> OpenStream:
-        request = self.client.build_request(
-            "POST", url, content=content, headers={**headers, "accept": "text/event-stream"}
-        )
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self.client.stream(
+                "POST", url, {**headers, "accept": "text/event-stream"}, content
+            )
+        except HTTPPoolError as exc:
             raise self._transport_error(model, exc) from None
-        if response.status_code != 200:
+        if response.status != 200:
             try:
                 raw = await response.aread()
-            except httpx.HTTPError:
+            except HTTPPoolError:
                 raw = b""
             await response.aclose()
-            raise self._status_error(model, response.status_code, raw, response.headers)
+            raise self._status_error(model, response.status, raw, response.headers)
         state = StreamState()
         events = _relay(response, model, state, self.redact)
         head: list[bytes] = []
@@ -305,7 +303,7 @@ class Upstreams:
         except UpstreamError:
             await response.aclose()
             raise
-        except httpx.HTTPError as exc:
+        except HTTPPoolError as exc:
             await response.aclose()
             raise UpstreamError(
                 502, f"upstream model {model!r} dropped the stream before the first token "
@@ -321,7 +319,7 @@ class Upstreams:
 
 
 async def _relay(
-    response: httpx.Response, model: str, state: StreamState, redact: Callable[[str], str]
+    response: StreamResponse, model: str, state: StreamState, redact: Callable[[str], str]
 ) -> AsyncIterator[bytes]:
     """Upstream SSE -> SSE events with `model` set to the served model name."""
     buffer = b""

@@ -56,6 +56,7 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self.port = 0
         self._rng = random.Random(0)
+        self.connections: set[_Connection] = set()
 
     @property
     def base_url(self) -> str:
@@ -63,6 +64,14 @@ class FakeUpstream:
 
     def behaviour(self, model: str) -> Behaviour:
         return self.behaviours.setdefault(model, Behaviour())
+
+    def close_connections(self) -> None:
+        """Close every open (kept-alive) connection from the server side, as upstreams do
+        after an idle timeout."""
+        assert self._loop is not None
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                self._loop.call_soon_threadsafe(conn.transport.close)
 
     def reset(self) -> None:
         self.behaviours.clear()
@@ -172,6 +181,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.upstream.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.upstream.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

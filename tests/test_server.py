@@ -270,6 +270,18 @@ def test_transient_500_is_retried_on_the_same_model(server: ServerThread,
     assert response.headers["x-switchllm-fallback"] == "false"
 
 
+def test_closed_keep_alive_connections_are_replaced(server: ServerThread,
+                                                    upstream: FakeUpstream) -> None:
+    body = {"model": "router-random-0", "messages": HELLO}
+    assert post(server, body).status_code == 200
+    upstream.close_connections()
+    time.sleep(0.05)
+    for _ in range(3):
+        response = post(server, body)
+        assert response.status_code == 200 and response.json()["model"] == "strong"
+    assert response.headers["x-switchllm-fallback"] == "false"
+
+
 def test_upstream_timeout_falls_back(server: ServerThread, upstream: FakeUpstream) -> None:
     upstream.behaviour("strong").delay_s = 2.0  # the server's timeout is 0.5 s
     response = post(server, {"model": "router-random-0", "messages": HELLO})
@@ -384,3 +396,21 @@ def test_decision_log_records_every_request(server: ServerThread, client: openai
     assert row["win_rate"] == pytest.approx(0.9) and row["threshold"] == pytest.approx(0.5)
     assert row["prompt_tokens"] == 10 and row["completion_tokens"] == 5
     assert row["cost_usd"] == pytest.approx((10 * 10 + 5 * 30) / 1e6)
+
+
+def test_micro_batcher_makes_one_router_call_for_concurrent_requests() -> None:
+    from switchllm.routing import MicroBatcher
+
+    router = KeywordRouter(keywords=["proof"])
+
+    async def main() -> list[float]:
+        batcher = MicroBatcher(router, window_s=0.005)
+        prompts = ["a proof", "hello"] * 8
+        try:
+            return await asyncio.gather(*(batcher.win_rate(p, (None, None)) for p in prompts))
+        finally:
+            batcher.close()
+
+    rates = asyncio.run(main())
+    assert rates == [0.9, 0.1] * 8
+    assert router.batches == [["a proof", "hello"] * 8]

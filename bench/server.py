@@ -162,7 +162,8 @@ def main() -> int:
     parser.add_argument("--latency-requests", type=int, default=1000)
     parser.add_argument("--fail-duration", type=float, default=0.0,
                         help="seconds of the 20%%-strong-failures run (0: skip; the target: 60)")
-    parser.add_argument("--routers", default="random,mf")
+    parser.add_argument("--routers", default="random,mf",
+                        help="comma-separated router names or NAME=CARD_DIR")
     args = parser.parse_args()
 
     up_port = free_port()
@@ -177,12 +178,13 @@ def main() -> int:
             kind = "stream" if stream else "plain"
             direct = measure(up_port, "strong", stream, 1, 30, args.latency_requests)
             results[f"direct upstream {kind} c=1"] = direct
-        for router in args.routers.split(","):
-            if router == "mf" and (reason := mf_available()):
+        for spec in args.routers.split(","):
+            router = spec.partition("=")[0]
+            if spec == "mf" and (reason := mf_available()):
                 print(f"mf: skipped ({reason})")
                 continue
             port = free_port()
-            server = start_server(port, up_port, router, f"{tmp}/{router}.sqlite")
+            server = start_server(port, up_port, spec, f"{tmp}/{router}.sqlite")
             try:
                 model = f"router-{router}-0.5"
                 for stream in (False, True):
@@ -218,7 +220,7 @@ def main() -> int:
               f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}")
     for kind in ("plain", "stream"):
         base = results.get(f"direct upstream {kind} c=1")
-        for router in args.routers.split(","):
+        for router in (spec.partition("=")[0] for spec in args.routers.split(",")):
             routed = results.get(f"{router} {kind} c=1")
             if base and routed:
                 added = routed["p50_ms"] - base["p50_ms"]

@@ -239,7 +239,8 @@ def routers_from(value: Any, raw: Mapping[str, Any] | None = None) -> dict[str, 
     if isinstance(value, Mapping):
         items = [(str(k), str(v) if v is not None else str(k)) for k, v in value.items()]
     elif isinstance(value, Sequence):
-        items = [(str(v), str(v)) for v in value]
+        # "name=card_dir" serves a card under a short name; a bare name is its own spec
+        items = [(str(v).partition("=")[0], str(v).partition("=")[2] or str(v)) for v in value]
     else:
         raise ConfigError(f"routers must be a list or a mapping, got {type(value).__name__}")
     routers: dict[str, str] = {}

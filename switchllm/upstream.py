@@ -298,7 +298,7 @@ class Upstreams:
         try:
             async for event in events:
                 head.append(event)
-                if state.content_chunks or event.startswith(b"data: [DONE]"):
+                if state.content_chunks or b"data: [DONE]\n\n" in event:
                     break
         except UpstreamError:
             await response.aclose()
@@ -321,7 +321,9 @@ class Upstreams:
 async def _relay(
     response: StreamResponse, model: str, state: StreamState, redact: Callable[[str], str]
 ) -> AsyncIterator[bytes]:
-    """Upstream SSE -> SSE events with `model` set to the served model name."""
+    """Upstream SSE -> SSE events with `model` set to the served model name. Yields, per
+    network read, every complete event it brought (one write to the client, not one per
+    event)."""
     buffer = b""
     done = False
     try:
@@ -329,18 +331,18 @@ async def _relay(
             buffer += chunk
             if b"\r" in buffer:
                 buffer = buffer.replace(b"\r\n", b"\n")
-            while b"\n\n" in buffer:
-                raw_event, buffer = buffer.split(b"\n\n", 1)
-                event = _rewrite_event(raw_event, model, state, redact)
-                if event is None:
-                    continue
-                if event.startswith(b"data: [DONE]"):
-                    done = True
-                yield event
+            if b"\n\n" not in buffer:
+                continue
+            *raw_events, buffer = buffer.split(b"\n\n")
+            events = [_rewrite_event(raw, model, state, redact) for raw in raw_events]
+            block = b"".join(e for e in events if e is not None)
+            if block:
+                done = done or b"data: [DONE]\n\n" in block
+                yield block
         if buffer.strip():
             event = _rewrite_event(buffer, model, state, redact)
             if event is not None:
-                done = done or event.startswith(b"data: [DONE]")
+                done = done or b"data: [DONE]\n\n" in event
                 yield event
     finally:
         await response.aclose()

@@ -106,3 +106,6 @@ def test_serve_flags_routellm_compatible(monkeypatch: pytest.MonkeyPatch) -> Non
     assert config.models["gpt-4o-mini"].resolve_key() == "k"
     assert config.api_keys == ["c1", "c2"]
     assert client_api_keys("x") == ["x"]
+    args = parser.parse_args(["--routers", "mine=/cards/mf", "random", "--strong-model", "a",
+                              "--weak-model", "b"])
+    assert serve.config_from_args(args).routers == {"mine": "/cards/mf", "random": "random"}

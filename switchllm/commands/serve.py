@@ -9,7 +9,8 @@ from switchllm.serving_config import DEFAULT_LOG_PATH, DEFAULT_PORT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--routers", nargs="+", help="routers to serve (names or card dirs)")
+    parser.add_argument("--routers", nargs="+", help="routers to serve: names (mf, random), "
+                        "card directories, or NAME=CARD_DIR")
     parser.add_argument("--strong-model", help="the strong (expensive) model")
     parser.add_argument("--weak-model", help="the weak (cheap) model")
     parser.add_argument("--config", help="YAML config: models (base URL, key env var, prices), "

@@ -7,9 +7,9 @@ a tuple on a queue.
 
 from __future__ import annotations
 
-import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -76,17 +76,20 @@ def connect(path: str | Path) -> sqlite3.Connection:
 
 
 class DecisionLog:
-    """Batched background writer. `record` is cheap and never blocks on disk."""
+    """Batched background writer. `record` only appends to a deque (no lock hand-off, no
+    thread wake-up per request); the writer thread drains it every `flush_s` seconds."""
 
     def __init__(
-        self, path: str | Path, *, log_prompts: bool = False, flush_s: float = 0.25,
-        max_queue: int = 100_000,
+        self, path: str | Path, *, log_prompts: bool = False, flush_s: float = 0.2,
+        max_pending: int = 200_000,
     ) -> None:
         self.path = Path(path)
         self.log_prompts = log_prompts
         self.flush_s = flush_s
+        self.max_pending = max_pending
         self.dropped = 0
-        self._queue: queue.Queue[tuple | None] = queue.Queue(maxsize=max_queue)
+        self._pending: deque[tuple] = deque()
+        self._stop = threading.Event()
         connect(self.path).close()  # fail at start-up, not on the first request
         self._thread = threading.Thread(target=self._run, name="switchllm-log", daemon=True)
         self._thread.start()
@@ -94,39 +97,30 @@ class DecisionLog:
     def record(self, record: DecisionRecord) -> None:
         if not self.log_prompts:
             record.prompt = None
-        try:
-            self._queue.put_nowait(astuple(record))
-        except queue.Full:
+        if len(self._pending) >= self.max_pending:
             self.dropped += 1  # the disk cannot keep up; never slow requests down for the log
+            return
+        self._pending.append(astuple(record))
+
+    def _drain(self, connection: sqlite3.Connection) -> None:
+        while self._pending:
+            rows = []
+            while self._pending and len(rows) < 5000:
+                rows.append(self._pending.popleft())
+            with connection:
+                connection.executemany(_INSERT, rows)
 
     def _run(self) -> None:
         connection = connect(self.path)
         try:
-            while True:
-                item = self._queue.get()
-                rows: list[tuple] = []
-                stop = item is None
-                if item is not None:
-                    rows.append(item)
-                while not stop and len(rows) < 5000:
-                    try:
-                        item = self._queue.get(timeout=self.flush_s if not rows else 0.01)
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                    else:
-                        rows.append(item)
-                if rows:
-                    with connection:
-                        connection.executemany(_INSERT, rows)
-                if stop:
-                    return
+            while not self._stop.wait(self.flush_s):
+                self._drain(connection)
+            self._drain(connection)
         finally:
             connection.close()
 
     def close(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
+        self._stop.set()
         self._thread.join(timeout)
 
 

@@ -104,15 +104,19 @@ class StreamResponse:
         reader = conn.reader
         try:
             if self._chunked:
-                while True:
+                # Decode the chunk framing ourselves so that every chunk already received is
+                # yielded at once (one write downstream per network read, not per chunk).
+                decoder = _ChunkDecoder()
+                while not decoder.finished:
                     async with asyncio.timeout(self._read_timeout):
-                        size_line = await reader.readuntil(b"\r\n")
-                        size = int(size_line.split(b";", 1)[0].strip(), 16)
-                        if size == 0:
-                            await _read_trailers(reader)
-                            break
-                        data = await reader.readexactly(size + 2)
-                    yield data[:-2]
+                        data = await reader.read(65536)
+                    if not data:
+                        raise ProtocolError("connection closed inside a chunked body")
+                    payload = decoder.feed(data)
+                    if payload:
+                        yield payload
+                if decoder.leftover:
+                    self._length = -1  # unexpected bytes after the body: do not reuse
             elif self._length is not None:
                 remaining = self._length
                 while remaining > 0:
@@ -259,9 +263,40 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
     return int(status_line[1]), headers
 
 
-async def _read_trailers(reader: asyncio.StreamReader) -> None:
-    while (await reader.readuntil(b"\r\n")) != b"\r\n":
-        pass
+class _ChunkDecoder:
+    """Incremental decoder of an HTTP/1.1 chunked body."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.finished = False
+        self.leftover = False
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out: list[bytes] = []
+        buf = self.buffer
+        while True:
+            line_end = buf.find(b"\r\n")
+            if line_end < 0:
+                break
+            size = int(buf[:line_end].split(b";", 1)[0].strip(), 16)
+            start = line_end + 2
+            if size == 0:
+                trailers_end = buf.find(b"\r\n\r\n", line_end)
+                if buf[start : start + 2] == b"\r\n":
+                    trailers_end = line_end
+                if trailers_end < 0:
+                    break  # trailers not complete yet
+                self.finished = True
+                self.leftover = len(buf) > trailers_end + 4
+                buf = b""
+                break
+            if len(buf) < start + size + 2:
+                break
+            out.append(buf[start : start + size])
+            buf = buf[start + size + 2 :]
+        self.buffer = buf
+        return b"".join(out)
 
 
 def _keep_alive(headers: dict[str, str]) -> bool:

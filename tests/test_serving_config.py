@@ -109,3 +109,13 @@ def test_serve_flags_routellm_compatible(monkeypatch: pytest.MonkeyPatch) -> Non
     args = parser.parse_args(["--routers", "mine=/cards/mf", "random", "--strong-model", "a",
                               "--weak-model", "b"])
     assert serve.config_from_args(args).routers == {"mine": "/cards/mf", "random": "random"}
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_chunk_decoder_any_split(step: int) -> None:
+    from switchllm.http_pool import _ChunkDecoder
+
+    body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n"
+    decoder = _ChunkDecoder()
+    out = b"".join(decoder.feed(body[i : i + step]) for i in range(0, len(body), step))
+    assert out == b"hello world" and decoder.finished and not decoder.leftover

@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MESSAGES = [{"role": "user", "content": "Explain the difference between TCP and UDP briefly."}]
+TOPICS = ["TCP and UDP", "a list and a tuple", "RAM and disk", "HTTP/1.1 and HTTP/2",
+          "a mutex and a semaphore", "sorting and hashing", "Paris and Rome", "mitosis"]
 
 
 def free_port() -> int:
@@ -50,12 +52,17 @@ def run_upstream(port: int, strong_fail_rate: float) -> None:
     asyncio.run(main())
 
 
-def start_server(port: int, upstream_port: int, router: str, log: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def start_server(port: int, upstream_port: int, router: str, log: str,
+                 extra: list[str] | None = None) -> subprocess.Popen:
+    # A private embedding cache: every bench prompt is new, as real traffic is, and the shared
+    # cache is not filled with bench prompts.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "SWITCHLLM_CACHE_DIR": str(Path(log).parent / "cache")}
     command = [
         sys.executable, "-m", "switchllm", "serve", "--routers", router,
         "--strong-model", "strong", "--weak-model", "weak",
         "--base-url", f"http://127.0.0.1:{upstream_port}/v1", "--port", str(port), "--log", log,
+        *(extra or []),
     ]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     wait_port(port, process)
@@ -76,8 +83,18 @@ def wait_port(port: int, process: subprocess.Popen | None = None, timeout: float
 
 
 # ---- a lean HTTP/1.1 keep-alive load generator ---------------------------------------------
-def request_bytes(port: int, model: str, stream: bool) -> bytes:
-    body = json.dumps({"model": model, "messages": MESSAGES, "stream": stream}).encode()
+SAME_PROMPT = False  # --same-prompt: every request sends MESSAGES (router caches answer)
+_RUNS = [0]
+
+
+def request_bytes(port: int, model: str, stream: bool, i: int | None = None) -> bytes:
+    """One request; with `i`, a distinct prompt, so no cache can answer the router for free."""
+    messages = MESSAGES
+    if i is not None and not SAME_PROMPT:
+        topic = TOPICS[i % len(TOPICS)]
+        messages = [{"role": "user", "content": f"Question {i}: explain {topic} in {i % 97 + 3} "
+                     "sentences for a student."}]
+    body = json.dumps({"model": model, "messages": messages, "stream": stream}).encode()
     return (
         f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
@@ -102,18 +119,20 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def load(port: int, model: str, stream: bool, clients: int, duration: float,
-               count: int | None = None) -> dict:
-    payload = request_bytes(port, model, stream)
+               count: int | None = None, offset: int = 0) -> dict:
+    payloads = [request_bytes(port, model, stream, offset + i) for i in range(20_000)]
+    sent = 0
     latencies: list[float] = []
     failures = 0
     stop_at = time.perf_counter() + duration
 
     async def worker() -> None:
-        nonlocal failures
+        nonlocal failures, sent
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while time.perf_counter() < stop_at and (count is None or len(latencies) < count):
             started = time.perf_counter()
-            writer.write(payload)
+            writer.write(payloads[sent % len(payloads)])
+            sent += 1
             try:
                 status = await read_response(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
@@ -141,8 +160,11 @@ async def load(port: int, model: str, stream: bool, clients: int, duration: floa
 
 def measure(port: int, model: str, stream: bool, clients: int, duration: float,
             count: int | None = None) -> dict:
-    asyncio.run(load(port, model, stream, clients, 1.0, 200))  # warm-up
-    return asyncio.run(load(port, model, stream, clients, duration, count))
+    # every run (and its warm-up) gets prompts no earlier run sent
+    _RUNS[0] += 2
+    asyncio.run(load(port, model, stream, clients, 1.0, 200, offset=_RUNS[0] * 1_000_000))
+    return asyncio.run(load(port, model, stream, clients, duration, count,
+                            offset=(_RUNS[0] + 1) * 1_000_000))
 
 
 def mf_available() -> str | None:
@@ -164,7 +186,13 @@ def main() -> int:
                         help="seconds of the 20%%-strong-failures run (0: skip; the target: 60)")
     parser.add_argument("--routers", default="random,mf",
                         help="comma-separated router names or NAME=CARD_DIR")
+    parser.add_argument("--same-prompt", action="store_true",
+                        help="send one prompt every time (measures the embedding-cache path)")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra `switchllm serve` argument, repeatable")
     args = parser.parse_args()
+    global SAME_PROMPT
+    SAME_PROMPT = args.same_prompt
 
     up_port = free_port()
     upstream = mp.get_context("spawn").Process(target=run_upstream, args=(up_port, 0.0),
@@ -184,7 +212,8 @@ def main() -> int:
                 print(f"mf: skipped ({reason})")
                 continue
             port = free_port()
-            server = start_server(port, up_port, spec, f"{tmp}/{router}.sqlite")
+            server = start_server(port, up_port, spec, f"{tmp}/{router}.sqlite",
+                                  args.server_arg)
             try:
                 model = f"router-{router}-0.5"
                 for stream in (False, True):

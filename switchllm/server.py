@@ -81,7 +81,8 @@ class SwitchServer:
         self.config = config
         self.routers = routers or RouterSet(config.routers)
         self.routing = AsyncRouting(
-            self.routers, config.strong_model, config.weak_model, config.batch_window_ms / 1000
+            self.routers, config.strong_model, config.weak_model, config.batch_window_ms / 1000,
+            config.router_threads,
         )
         self.metrics = ServerMetrics()
         self.log = (
@@ -161,6 +162,11 @@ class SwitchServer:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 _ = self.upstreams
+                try:
+                    await self.routing.warm_up()
+                except Exception as exc:  # a router that cannot run: refuse to start
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -424,6 +430,7 @@ def _routing_headers(decision: Decision | None) -> list[tuple[bytes, bytes]]:
         (b"x-switchllm-threshold", f"{decision.threshold:.6g}".encode()),
         (b"x-switchllm-win-rate", f"{decision.win_rate:.6f}".encode()),
         (b"x-switchllm-routed-model", decision.model.encode()),
+        (b"x-switchllm-routing-ms", f"{decision.routing_s * 1000:.2f}".encode()),
     ]
 
 

@@ -94,6 +94,7 @@ class ServingConfig:
     backoff: float = 0.05  # seconds, doubled per retry
     max_body_bytes: int = 4 * 1024 * 1024
     batch_window_ms: float = 1.0
+    router_threads: int = 0  # torch threads for router compute; 0: 1 for small batches, else all
     api_keys: list[str] = field(default_factory=list, repr=False)
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False
@@ -201,7 +202,7 @@ def content_text(content: Any) -> str:
 # ---- loading -------------------------------------------------------------------------------
 _SERVER_KEYS = {
     "host": str, "port": int, "timeout": float, "connect_timeout": float, "retries": int,
-    "backoff": float, "max_body_bytes": int, "batch_window_ms": float,
+    "backoff": float, "max_body_bytes": int, "batch_window_ms": float, "router_threads": int,
 }
 _MODEL_KEYS = {
     "base_url": str, "api_key_env": str, "upstream_model": str, "input_price": float,

@@ -306,7 +306,7 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self.thread.start()
-        deadline = time.time() + 10
+        deadline = time.time() + 60  # routers warm up (load models) before serving
         while not self.server.started and time.time() < deadline:
             time.sleep(0.01)
         if not self.server.started:

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=None, help="request size limit")
     parser.add_argument("--batch-window-ms", type=float, default=None,
                         help="how long to collect requests into one router call (default 1)")
+    parser.add_argument("--router-threads", type=int, default=None,
+                        help="torch threads for router compute (default: 1 for batches "
+                        "under 16 prompts, all cores for bigger ones)")
 
 
 def config_from_args(args: argparse.Namespace):  # -> ServingConfig
@@ -41,6 +44,7 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
     overrides = {
         "host": args.host, "port": args.port, "timeout": args.timeout, "retries": args.retries,
         "max_body_bytes": args.max_body_bytes, "batch_window_ms": args.batch_window_ms,
+        "router_threads": args.router_threads,
         "api_keys": client_api_keys(args.api_keys) or None,
         "log_path": args.log,
         "log_prompts": True if args.log_prompts else None,

@@ -245,7 +245,9 @@ class SwitchServer:
             self.metrics.routing_seconds.labels(router_label).observe(decision.routing_s)
         headers = _routing_headers(decision)
         if stream:
-            await self._chat_stream(send, payload, order, decision, headers, started, text)
+            await self._chat_stream(
+                receive, send, payload, order, decision, headers, started, text
+            )
             return
         try:
             result = await self.upstreams.complete(order, payload)
@@ -263,8 +265,8 @@ class SwitchServer:
                      tokens, text)
 
     async def _chat_stream(
-        self, send: Send, payload: dict, order: list[str], decision: Decision | None,
-        headers: list[tuple[bytes, bytes]], started: float, text: str,
+        self, receive: Receive, send: Send, payload: dict, order: list[str],
+        decision: Decision | None, headers: list[tuple[bytes, bytes]], started: float, text: str,
     ) -> None:
         try:
             opened: OpenStream = await self.upstreams.open_stream(order, payload)
@@ -278,11 +280,16 @@ class SwitchServer:
             (b"x-switchllm-fallback", b"true" if opened.fell_back else b"false"),
         ]
         status = 200
+        # uvicorn drops writes to a departed client silently: watch for the disconnect so that
+        # the upstream generation is cancelled instead of relayed to nobody.
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b"".join(opened.head),
                         "more_body": True})
             async for event in opened.rest:
+                if gone.done():
+                    raise ConnectionResetError("client disconnected")
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         except UpstreamError as exc:
             status = exc.status
@@ -300,6 +307,8 @@ class SwitchServer:
             return
         else:
             await _try_send_end(send, b"")
+        finally:
+            gone.cancel()
         self._finish_stream(decision, order[0], opened, status, started, text, payload)
 
     def _finish_stream(
@@ -392,6 +401,11 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _parse_request(body: bytes) -> dict[str, Any]:

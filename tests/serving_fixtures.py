@@ -34,6 +34,7 @@ class Behaviour:
     drop_stream_after: int | None = None  # close a stream after this many events
     drop_connection: bool = False  # close the connection without answering
     reply: str = "Hello from the upstream"
+    chunk_delay_s: float = 0.0  # pause between stream events
     echo_auth: bool = False  # put the Authorization header in error messages (leak tests)
 
 
@@ -57,6 +58,7 @@ class FakeUpstream:
         self.port = 0
         self._rng = random.Random(0)
         self.connections: set[_Connection] = set()
+        self.streams_cut = 0  # streams whose client (the server) hung up before the end
 
     @property
     def base_url(self) -> str:
@@ -255,6 +257,12 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         events = self.upstream.stream_events(body)
         drop = self.upstream.behaviour(model).drop_stream_after
+        delay = self.upstream.behaviour(model).chunk_delay_s
+        if delay:
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                 b"transfer-encoding: chunked\r\n\r\n")
+            self.slow_stream(events, delay)
+            return
         out = [b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                b"transfer-encoding: chunked\r\n\r\n"]
         for i, event in enumerate(events):
@@ -265,6 +273,19 @@ class _Connection(asyncio.Protocol):
             out.append(b"%x\r\n%s\r\n" % (len(event), event))
         out.append(b"0\r\n\r\n")
         self.transport.write(b"".join(out))
+
+
+    def slow_stream(self, events: list[bytes], delay: float) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            self.upstream.streams_cut += 1
+            return
+        if not events:
+            self.transport.write(b"0\r\n\r\n")
+            return
+        event = events[0]
+        self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))
+        asyncio.get_running_loop().call_later(delay, self.slow_stream, events[1:], delay)
 
 
 class KeywordRouter(Router):

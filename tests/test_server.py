@@ -77,6 +77,7 @@ def server(upstream: FakeUpstream, keyword_card: Path, tmp_path_factory: pytest.
 @pytest.fixture(autouse=True)
 def _reset(upstream: FakeUpstream) -> None:
     upstream.reset()
+    upstream.streams_cut = 0
 
 
 @pytest.fixture
@@ -306,6 +307,20 @@ def test_stream_dropped_after_tokens_ends_with_an_error(client: openai.OpenAI,
         for chunk in stream:
             seen.append(chunk)
     assert seen and all(c.model == "strong" for c in seen)
+
+
+def test_client_hanging_up_mid_stream_cancels_the_upstream(server: ServerThread,
+                                                           upstream: FakeUpstream) -> None:
+    upstream.behaviour("weak").reply = " ".join(["word"] * 40)
+    upstream.behaviour("weak").chunk_delay_s = 0.02  # about a second for the whole answer
+    body = {"model": "router-random-1", "messages": HELLO, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as response:
+        first = next(response.iter_bytes())
+        assert b'"model":"weak"' in first
+    deadline = time.time() + 2
+    while upstream.streams_cut == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    assert upstream.streams_cut == 1
 
 
 def test_both_upstreams_down_gives_openai_error(server: ServerThread,

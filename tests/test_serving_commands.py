@@ -103,3 +103,47 @@ def test_stats_summarises_strong_share_and_saving(tmp_path: Path,
     assert line.split()[1:4] == ["5", "1", "0"]
     assert "25.0%" in line and "0.0230" in line and "0.0800" in line and "71.2%" in line
     assert main(["stats", "--log", str(tmp_path / "missing.sqlite")]) == 2
+
+
+def test_serve_command_end_to_end(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.serving_fixtures import FakeUpstream, free_port
+
+    upstream = FakeUpstream().start()
+    port = free_port()
+    env = {**os.environ, "SWITCHLLM_API_KEYS": "k1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "switchllm", "serve", "--routers", "random", "--strong-model",
+         "strong", "--weak-model", "weak", "--base-url", upstream.base_url, "--port", str(port),
+         "--log", str(tmp_path / "log.sqlite")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        body = {"model": "router-random-0", "messages": [{"role": "user", "content": "hi"}]}
+        response = httpx.post(url + "/v1/chat/completions", json=body,
+                              headers={"authorization": "Bearer k1"})
+        assert response.status_code == 200 and response.json()["model"] == "strong"
+        assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 401
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=10)
+        upstream.stop()
+    assert f"http://127.0.0.1:{port}/v1" in out
+    from switchllm.decision_log import read_records
+
+    rows = list(read_records(tmp_path / "log.sqlite"))  # flushed at shutdown
+    assert [(r["router"], r["model"], r["status"]) for r in rows] == [("random", "strong", 200)]

@@ -157,13 +157,13 @@ class StreamResponse:
 class HTTPPool:
     def __init__(
         self, *, connect_timeout: float = 5.0, read_timeout: float = 60.0,
-        max_idle_per_host: int = 512,
+        max_idle_per_host: int = 512, ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle_per_host = max_idle_per_host
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # default: the system's trusted CAs
 
     async def aclose(self) -> None:
         for connections in self._idle.values():

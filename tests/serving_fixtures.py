@@ -94,10 +94,10 @@ class FakeUpstream:
         ready.wait(5)
         return self
 
-    async def serve(self, port: int = 0) -> None:
+    async def serve(self, port: int = 0, ssl_context: Any = None) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), "127.0.0.1", port, backlog=1024
+            lambda: _Connection(self), "127.0.0.1", port, backlog=1024, ssl=ssl_context
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -1,13 +1,77 @@
-"""`switchllm serve` (being built)."""
+"""`switchllm serve`: the OpenAI-compatible routing server (RouteLLM's flags, plus a YAML config
+for many upstream models)."""
+
+from __future__ import annotations
 
 import argparse
 
-from switchllm.errors import SwitchLLMError
+from switchllm.serving_config import DEFAULT_LOG_PATH, DEFAULT_PORT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--routers", nargs="+", help="routers to serve: names (mf, random), "
+                        "card directories, or NAME=CARD_DIR")
+    parser.add_argument("--strong-model", help="the strong (expensive) model")
+    parser.add_argument("--weak-model", help="the weak (cheap) model")
+    parser.add_argument("--config", help="YAML config: models (base URL, key env var, prices), "
+                        "routers, server and log settings")
+    parser.add_argument("--base-url", help="OpenAI-compatible base URL for models the config "
+                        "does not describe")
+    parser.add_argument("--api-key", help="upstream API key for models the config does not "
+                        "describe (prefer api_key_env in the config)")
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--api-keys", default=None, help="comma-separated client API keys "
+                        "required as Bearer tokens (default: $SWITCHLLM_API_KEYS; none: open)")
+    parser.add_argument("--log", default=None,
+                        help=f"decision log SQLite path (default {DEFAULT_LOG_PATH})")
+    parser.add_argument("--no-log", action="store_true", help="do not write a decision log")
+    parser.add_argument("--log-prompts", action="store_true",
+                        help="store prompt texts in the decision log (for calibrate --from-log)")
+    parser.add_argument("--timeout", type=float, default=None, help="upstream timeout, seconds")
+    parser.add_argument("--retries", type=int, default=None, help="retries per upstream model")
+    parser.add_argument("--max-body-bytes", type=int, default=None, help="request size limit")
+    parser.add_argument("--batch-window-ms", type=float, default=None,
+                        help="how long to collect requests into one router call (default 1)")
+    parser.add_argument("--router-threads", type=int, default=None,
+                        help="torch threads for router compute (default: 1 for batches "
+                        "under 16 prompts, all cores for bigger ones)")
+
+
+def config_from_args(args: argparse.Namespace):  # -> ServingConfig
+    from switchllm.serving_config import build_config, client_api_keys
+
+    overrides = {
+        "host": args.host, "port": args.port, "timeout": args.timeout, "retries": args.retries,
+        "max_body_bytes": args.max_body_bytes, "batch_window_ms": args.batch_window_ms,
+        "router_threads": args.router_threads,
+        "api_keys": client_api_keys(args.api_keys) or None,
+        "log_path": args.log,
+        "log_prompts": True if args.log_prompts else None,
+    }
+    config = build_config(
+        config_path=args.config, routers=args.routers, strong_model=args.strong_model,
+        weak_model=args.weak_model, base_url=args.base_url, api_key=args.api_key,
+        overrides=overrides,
+    )
+    if args.no_log:
+        config.log_path = None
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SwitchLLMError("`switchllm serve` is not available yet")
+    import uvicorn
+
+    from switchllm.server import create_app
+
+    config = config_from_args(args)
+    app = create_app(config)
+    where = f"http://{config.host}:{config.port}"
+    print(f"switchllm: serving routers {', '.join(config.routers)} "
+          f"(strong {config.strong_model}, weak {config.weak_model}) on {where}/v1")
+    if not config.api_keys and config.host not in ("127.0.0.1", "localhost", "::1"):
+        print("switchllm: warning: listening beyond loopback without client API keys "
+              "(--api-keys)")
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
+                access_log=False, lifespan="on", timeout_keep_alive=30)
+    return 0

@@ -1,13 +1,62 @@
-"""`switchllm stats` (being built)."""
+"""`switchllm stats`: summarise the decision log: requests, strong share, fallbacks, errors,
+latency, and cost against sending everything to the strong model."""
+
+from __future__ import annotations
 
 import argparse
+from collections import defaultdict
+from typing import Any
 
-from switchllm.errors import SwitchLLMError
+import numpy as np
+
+from switchllm.serving_config import DEFAULT_LOG_PATH
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--log", default=DEFAULT_LOG_PATH, help="decision log path")
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[record["router"] or "(direct)"].append(record)
+        groups["ALL"].append(record)
+    rows = []
+    for name, group in groups.items():
+        ok = [r for r in group if r["status"] == 200]
+        strong = [r for r in ok if r["model"] == r["strong_model"]]
+        cost = sum(r["cost_usd"] or 0.0 for r in ok)
+        strong_cost = sum(r["strong_cost_usd"] or 0.0 for r in ok)
+        latencies = np.array([r["latency_ms"] for r in ok if r["latency_ms"] is not None])
+        rows.append({
+            "router": name,
+            "requests": len(group),
+            "ok": len(ok),
+            "errors": len(group) - len(ok),
+            "fallbacks": sum(1 for r in ok if r["fallback"]),
+            "strong_share": len(strong) / len(ok) if ok else 0.0,
+            "cost": cost,
+            "always_strong_cost": strong_cost,
+            "saving": 1.0 - cost / strong_cost if strong_cost > 0 else 0.0,
+            "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else 0.0,
+            "p95_ms": float(np.percentile(latencies, 95)) if latencies.size else 0.0,
+        })
+    rows.sort(key=lambda row: (row["router"] == "ALL", row["router"]))
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SwitchLLMError("`switchllm stats` is not available yet")
+    from switchllm.decision_log import read_records
+
+    records = list(read_records(args.log))
+    if not records:
+        print(f"{args.log}: no requests logged yet")
+        return 0
+    header = (f"{'router':<14}{'requests':>9}{'errors':>8}{'fallback':>9}{'strong':>8}"
+              f"{'cost $':>12}{'strong-only $':>15}{'saving':>8}{'p50 ms':>9}{'p95 ms':>9}")
+    print(header)
+    for row in summarise(records):
+        print(f"{row['router']:<14}{row['requests']:>9}{row['errors']:>8}{row['fallbacks']:>9}"
+              f"{row['strong_share']:>8.1%}{row['cost']:>12.4f}{row['always_strong_cost']:>15.4f}"
+              f"{row['saving']:>8.1%}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}")
+    return 0

@@ -1,0 +1,153 @@
+"""The decision log: one SQLite row per request (time, router, threshold, win rate, model,
+fallback, status, latency, tokens, cost, and the prompt text only when enabled).
+
+Writes happen on a background thread in batches, never on the request path: `record` only puts
+a tuple on a queue.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+from switchllm.errors import SwitchLLMError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    ts REAL NOT NULL,
+    router TEXT,
+    threshold REAL,
+    win_rate REAL,
+    model TEXT,
+    routed_model TEXT,
+    strong_model TEXT,
+    fallback INTEGER NOT NULL DEFAULT 0,
+    status INTEGER NOT NULL,
+    stream INTEGER NOT NULL DEFAULT 0,
+    latency_ms REAL,
+    routing_ms REAL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    cost_usd REAL,
+    strong_cost_usd REAL,
+    prompt TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
+"""
+
+
+@dataclass
+class DecisionRecord:
+    ts: float
+    router: str | None
+    threshold: float | None
+    win_rate: float | None
+    model: str | None  # model that answered (after any fallback)
+    routed_model: str | None  # model the router chose
+    strong_model: str
+    fallback: bool
+    status: int
+    stream: bool
+    latency_ms: float
+    routing_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    strong_cost_usd: float | None  # the same tokens at the strong model's prices
+    prompt: str | None = None
+
+
+COLUMNS = [f.name for f in fields(DecisionRecord)]
+_INSERT = f"INSERT INTO decisions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    try:
+        connection = sqlite3.connect(str(path), check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(SCHEMA)
+    except sqlite3.Error as exc:
+        raise SwitchLLMError(f"cannot open decision log {path}: {exc}") from exc
+    return connection
+
+
+class DecisionLog:
+    """Batched background writer. `record` only appends to a deque (no lock hand-off, no
+    thread wake-up per request); the writer thread drains it every `flush_s` seconds."""
+
+    def __init__(
+        self, path: str | Path, *, log_prompts: bool = False, flush_s: float = 0.2,
+        max_pending: int = 200_000,
+    ) -> None:
+        self.path = Path(path)
+        self.log_prompts = log_prompts
+        self.flush_s = flush_s
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._pending: deque[tuple] = deque()
+        self._stop = threading.Event()
+        connect(self.path).close()  # fail at start-up, not on the first request
+        self._thread = threading.Thread(target=self._run, name="switchllm-log", daemon=True)
+        self._thread.start()
+
+    def record(self, record: DecisionRecord) -> None:
+        if not self.log_prompts:
+            record.prompt = None
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1  # the disk cannot keep up; never slow requests down for the log
+            return
+        self._pending.append(astuple(record))
+
+    def _drain(self, connection: sqlite3.Connection) -> None:
+        while self._pending:
+            rows = []
+            while self._pending and len(rows) < 5000:
+                rows.append(self._pending.popleft())
+            with connection:
+                connection.executemany(_INSERT, rows)
+
+    def _run(self) -> None:
+        connection = connect(self.path)
+        try:
+            while not self._stop.wait(self.flush_s):
+                self._drain(connection)
+            self._drain(connection)
+        finally:
+            connection.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+def read_records(path: str | Path) -> Iterator[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise SwitchLLMError(
+            f"no decision log at {path} (start `switchllm serve` first, or pass --log PATH)"
+        )
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute(f"SELECT {', '.join(COLUMNS)} FROM decisions ORDER BY ts")
+        for row in rows:
+            yield dict(row)
+        connection.close()
+    except sqlite3.Error as exc:
+        raise SwitchLLMError(f"{path} is not a switchllm decision log: {exc}") from exc
+
+
+def logged_prompts(path: str | Path) -> list[str]:
+    """Prompt texts from the log, for `switchllm calibrate --from-log`."""
+    prompts = [r["prompt"] for r in read_records(path) if r["prompt"]]
+    if not prompts:
+        raise SwitchLLMError(
+            f"the decision log {path} holds no prompt texts: prompt logging was off. Start the "
+            "server with --log-prompts (or `log: {prompts: true}` in the config), or pass "
+            "--prompts FILE"
+        )
+    return prompts

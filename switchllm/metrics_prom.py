@@ -1,0 +1,56 @@
+"""Prometheus metrics for the server (GET /metrics), each server with its own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+)
+
+
+class ServerMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "switchllm_requests", "Chat completion requests", ["router", "model", "status"],
+            registry=r,
+        )
+        self.routing_seconds = Histogram(
+            "switchllm_routing_seconds", "Time to decide the model (incl. batching)", ["router"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "switchllm_upstream_seconds",
+            "Upstream time (non-streaming: whole response; streaming: to first token)",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.tokens = Counter(
+            "switchllm_tokens", "Tokens by model and kind", ["model", "kind"], registry=r
+        )
+        self.cost = Counter(
+            "switchllm_cost_dollars", "Estimated upstream cost in dollars", ["model"], registry=r
+        )
+        self.strong_cost = Counter(
+            "switchllm_always_strong_cost_dollars",
+            "Estimated cost had every request gone to the strong model", registry=r,
+        )
+        self.saving = Gauge(
+            "switchllm_saving_dollars",
+            "Estimated saving against sending everything to the strong model", registry=r,
+        )
+        self.fallbacks = Counter(
+            "switchllm_fallbacks", "Requests answered by the other model after a failure",
+            ["from_model", "to_model"], registry=r,
+        )
+        self.retries = Counter(
+            "switchllm_upstream_retries", "Upstream retries", ["model"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

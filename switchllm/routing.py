@@ -1,0 +1,214 @@
+"""Routing decisions shared by the server and the Controller: which router, which threshold,
+which model. The server's async path micro-batches concurrent requests into one `win_rate` call
+that runs on a worker thread, so router compute (embeddings, torch) never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from switchllm.routers import Router, load_router
+from switchllm.serving_config import ModelNameError, RouteRequest, check_threshold
+
+SMALL_BATCH = 16  # below this many prompts, router compute uses one torch thread
+
+
+@dataclass(frozen=True)
+class Decision:
+    router: str
+    threshold: float
+    win_rate: float
+    model: str
+    routing_s: float
+
+
+def router_pair(router: Router, strong: str, weak: str) -> tuple[str | None, str | None]:
+    """The pair to ask the router about. Routers that know specific models score the served
+    pair when they know both; otherwise they answer for their default pair, as RouteLLM's
+    routers always do (they were trained on one pair and applied to any)."""
+    if router.models and strong in router.models and weak in router.models:
+        return strong, weak
+    return None, None
+
+
+def resolve_threshold(router: Router, name: str, request: RouteRequest) -> float:
+    if request.threshold is not None:
+        return request.threshold
+    share = request.strong_share if request.strong_share is not None else 0.5
+    try:
+        threshold = router.threshold_for_strong_share(share)
+    except Exception as exc:  # a card without calibration quantiles
+        raise ModelNameError(
+            f"router {name!r} cannot map a strong share to a threshold: {exc}; "
+            "give a threshold instead (router-<router>-<threshold>)"
+        ) from None
+    return float(min(max(threshold, 0.0), 1.0))
+
+
+class RouterSet:
+    """The routers a server or controller offers, by name, loaded once."""
+
+    def __init__(self, specs: dict[str, str] | Sequence[str]) -> None:
+        if not isinstance(specs, dict):
+            specs = {name: name for name in specs}
+        self.routers: dict[str, Router] = {name: load_router(spec) for name, spec in specs.items()}
+
+    def get(self, name: str) -> Router:
+        router = self.routers.get(name)
+        if router is None:
+            raise ModelNameError(
+                f"unknown router {name!r}; this server offers: {', '.join(self.routers)}",
+                status=404,
+                code="model_not_found",
+            )
+        return router
+
+    def threshold(self, name: str, request: RouteRequest) -> float:
+        router = self.get(name)
+        if request.threshold is not None:
+            return check_threshold(request.threshold)
+        return resolve_threshold(router, name, request)
+
+
+def choose(win_rate: float, threshold: float, strong: str, weak: str) -> str:
+    """RouteLLM's rule: strong when the win rate reaches the threshold."""
+    return strong if win_rate >= threshold else weak
+
+
+class MicroBatcher:
+    """Collects concurrent win-rate requests for one router into one `win_rate` call.
+
+    A batch starts when the first request arrives after `window_s` (0: on the next event-loop
+    turn); requests that arrive while a batch is computing join the next batch, which starts as
+    soon as the previous one finishes. The computation runs on a single worker thread per router
+    (routers need not be thread-safe)."""
+
+    def __init__(self, router: Router, window_s: float = 0.001, torch_threads: int = 0) -> None:
+        self.router = router
+        self.window_s = window_s
+        self.torch_threads = torch_threads  # 0: adaptive (see _set_threads)
+        self._threads = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchllm-router")
+        self._pending: list[tuple[str, tuple[str | None, str | None], asyncio.Future[float]]] = []
+        self._busy = False
+        self._scheduled = False
+        self.batches = 0  # number of win_rate calls made, for tests and metrics
+        self.largest_batch = 0
+
+    async def win_rate(self, prompt: str, pair: tuple[str | None, str | None]) -> float:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[float] = loop.create_future()
+        self._pending.append((prompt, pair, future))
+        if not self._busy and not self._scheduled:
+            self._scheduled = True
+            if self.window_s > 0:
+                loop.call_later(self.window_s, self._start_batch, loop)
+            else:
+                loop.call_soon(self._start_batch, loop)
+        return await future
+
+    def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        batch = [item for item in batch if not item[2].done()]  # cancelled requests
+        if not batch:
+            return
+        self._busy = True
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        work = loop.run_in_executor(self._executor, self._compute, batch)
+        work.add_done_callback(lambda done: self._finish(loop, batch, done))
+
+    def _compute(self, batch: list) -> list[float]:
+        self._set_threads(len(batch))
+        # Group by pair: one win_rate call per distinct (strong, weak), nearly always just one.
+        results: list[float] = [0.0] * len(batch)
+        groups: dict[tuple[str | None, str | None], list[int]] = {}
+        for i, (_, pair, _) in enumerate(batch):
+            groups.setdefault(pair, []).append(i)
+        for pair, indices in groups.items():
+            rates = np.asarray(
+                self.router.win_rate([batch[i][0] for i in indices], pair[0], pair[1]),
+                dtype=float,
+            ).reshape(-1)
+            for i, rate in zip(indices, rates, strict=True):
+                results[i] = float(rate)
+        return results
+
+    def _set_threads(self, batch_size: int) -> None:
+        """Torch threads for this batch. Measured on 2 cores: with torch's default 2 threads a
+        single MiniLM embedding took ~1 s (its threads fight the event loop) instead of ~16 ms
+        with 1; for batches of 64 two threads gave 137 req/s against 83. So: one thread for
+        small batches, all cores for big ones, unless `torch_threads` fixes the number."""
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+        wanted = self.torch_threads or (1 if batch_size < SMALL_BATCH else (os.cpu_count() or 1))
+        if wanted != self._threads:
+            torch.set_num_threads(wanted)
+            self._threads = wanted
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list, done: asyncio.Future) -> None:
+        self._busy = False
+        error = done.exception()
+        rates = None if error else done.result()
+        for i, (_, _, future) in enumerate(batch):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            elif rates is not None:
+                rate = rates[i]
+                future.set_result(rate if math.isfinite(rate) else 0.0)
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._start_batch, loop)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class AsyncRouting:
+    """The server's router front end: one MicroBatcher per router."""
+
+    def __init__(
+        self, routers: RouterSet, strong: str, weak: str, window_s: float, torch_threads: int = 0
+    ) -> None:
+        self.routers = routers
+        self.strong = strong
+        self.weak = weak
+        self.batchers: dict[str, MicroBatcher] = {}
+        for name, router in routers.routers.items():
+            # The random router costs nothing to run: waiting to batch it only adds latency.
+            window = 0.0 if router.kind == "random" else window_s
+            self.batchers[name] = MicroBatcher(router, window, torch_threads)
+
+    async def decide(self, name: str, threshold: float, prompt: str) -> Decision:
+        router = self.routers.get(name)
+        started = time.perf_counter()
+        pair = router_pair(router, self.strong, self.weak)
+        rate = await self.batchers[name].win_rate(prompt, pair)
+        model = choose(rate, threshold, self.strong, self.weak)
+        return Decision(name, threshold, rate, model, time.perf_counter() - started)
+
+    async def warm_up(self) -> None:
+        """Run each router once (loads embedding models, builds caches) before traffic, so the
+        first request does not pay for it."""
+        for name, batcher in self.batchers.items():
+            router = self.routers.get(name)
+            # A text no cache holds, so embedding models really load now.
+            text = f"warm-up {time.time_ns()}"
+            await batcher.win_rate(text, router_pair(router, self.strong, self.weak))
+
+    def close(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.close()

@@ -1,0 +1,488 @@
+"""The OpenAI-compatible routing server: a small ASGI app (no framework: every microsecond of
+per-request overhead counts for a proxy) run by uvicorn.
+
+Endpoints: POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health,
+GET /metrics. The request body is forwarded untouched except for `model`; the model that
+answered appears in the response `model` field, in every stream chunk and in `x-switchllm-*`
+response headers together with the router's win rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from switchllm.decision_log import DecisionLog, DecisionRecord
+from switchllm.http_pool import HTTPPoolError
+from switchllm.metrics_prom import ServerMetrics
+from switchllm.routing import AsyncRouting, Decision, RouterSet
+from switchllm.serving_config import (
+    ModelNameError,
+    ServingConfig,
+    content_text,
+    parse_router_model,
+    prompt_text,
+)
+from switchllm.upstream import OpenStream, StreamState, UpstreamError, Upstreams
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+log = logging.getLogger("switchllm.server")
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+
+
+class HTTPError(Exception):
+    """An error answered to the client in OpenAI's format."""
+
+    def __init__(
+        self, status: int, message: str, *, type_: str = "invalid_request_error",
+        code: str | None = None, param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = (
+            status, message, type_, code, param,
+        )
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message, "type": self.type, "param": self.param, "code": self.code
+            }
+        }
+
+
+class ClientGone(Exception):
+    pass
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class SwitchServer:
+    """The ASGI application. Build with a ServingConfig; `await app.aclose()` (or the ASGI
+    lifespan shutdown) releases the upstream pool and flushes the decision log."""
+
+    def __init__(self, config: ServingConfig, routers: RouterSet | None = None) -> None:
+        self.config = config
+        self.routers = routers or RouterSet(config.routers)
+        self.routing = AsyncRouting(
+            self.routers, config.strong_model, config.weak_model, config.batch_window_ms / 1000,
+            config.router_threads,
+        )
+        self.metrics = ServerMetrics()
+        self.log = (
+            DecisionLog(config.log_path, log_prompts=config.log_prompts)
+            if config.log_path
+            else None
+        )
+        self._api_keys = [k.encode() for k in config.api_keys]
+        self._upstreams: Upstreams | None = None
+        self._cost_total = 0.0
+        self._strong_cost_total = 0.0
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    @property
+    def upstreams(self) -> Upstreams:
+        if self._upstreams is None:
+            c = self.config
+            self._upstreams = Upstreams(
+                c.models, timeout=c.timeout, connect_timeout=c.connect_timeout,
+                retries=c.retries, backoff=c.backoff,
+                on_retry=lambda model: self.metrics.retries.labels(model).inc(),
+            )
+        return self._upstreams
+
+    async def aclose(self) -> None:
+        if self._upstreams is not None:
+            await self._upstreams.aclose()
+            self._upstreams = None
+        self.routing.close()
+        if self.log is not None:
+            self.log.close()
+
+    # ---- ASGI -----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if path in CHAT_PATHS:
+                if method != "POST":
+                    raise HTTPError(405, f"{path} accepts POST only", code="method_not_allowed")
+                self._authorize(scope)
+                await self._chat(scope, receive, send)
+            elif path == "/health":
+                await _send_json(send, 200, self._health())
+            elif path in ("/v1/models", "/models"):
+                self._authorize(scope)
+                await _send_json(send, 200, self._models())
+            elif path == "/metrics":
+                self._authorize(scope)
+                body = self.metrics.render()
+                content_type = self.metrics.content_type.encode()
+                await _send(send, 200, body, [(b"content-type", content_type)])
+            else:
+                raise HTTPError(404, f"no endpoint {method} {path}", code="not_found")
+        except HTTPError as exc:
+            await _send_json(send, exc.status, exc.body())
+        except ClientGone:
+            return
+        except Exception:
+            # Never a traceback to the client; the server log keeps it (it holds no keys:
+            # keys live only in upstream request headers, which exceptions do not carry).
+            log.exception("internal error on %s %s", method, path)
+            try:
+                await _send_json(
+                    send, 500, error_body("internal server error", "server_error", "internal_error")
+                )
+            except Exception:
+                pass
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                _ = self.upstreams
+                try:
+                    await self.routing.warm_up()
+                except Exception as exc:  # a router that cannot run: refuse to start
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _authorize(self, scope: Scope) -> None:
+        if not self._api_keys:
+            return
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if value[:7].lower() == b"bearer ":
+                    given = value[7:].strip()
+                break
+        # Compare against every key (no early exit) so timing says nothing about which matched.
+        ok = False
+        for key in self._api_keys:
+            ok |= hmac.compare_digest(given, key)
+        if not ok:
+            raise HTTPError(
+                401, "missing or invalid API key (send Authorization: Bearer <key>)",
+                type_="authentication_error", code="invalid_api_key",
+            )
+
+    def _health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "routers": list(self.routers.routers),
+            "strong_model": self.config.strong_model,
+            "weak_model": self.config.weak_model,
+        }
+
+    def _models(self) -> dict[str, Any]:
+        data = [
+            {"id": f"router-{name}-s0.5", "object": "model", "created": 0, "owned_by": "switchllm",
+             "description": f"router {name}: use router-{name}-<threshold> or "
+             f"router-{name}-s<strong share>"}
+            for name in self.routers.routers
+        ]
+        data += [
+            {"id": name, "object": "model", "created": 0, "owned_by": "upstream"}
+            for name in self.config.models
+        ]
+        return {"object": "list", "data": data}
+
+    # ---- chat completions -----------------------------------------------------------------
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        payload = _parse_request(await _read_body(scope, receive, self.config.max_body_bytes))
+        model_name = payload["model"]
+        stream = bool(payload.get("stream"))
+        text = prompt_text(payload["messages"])
+        decision: Decision | None = None
+        try:
+            route = parse_router_model(model_name)
+            if route is not None:
+                threshold = self.routers.threshold(route.router, route)
+                decision = await self.routing.decide(route.router, threshold, text)
+                chosen = decision.model
+            elif model_name in self.config.models:
+                chosen = model_name
+            else:
+                raise ModelNameError(
+                    f"model {model_name!r} is not served here; ask for "
+                    f"router-<router>-<threshold> (routers: {', '.join(self.routers.routers)}) "
+                    f"or one of: {', '.join(self.config.models)}",
+                    status=404, code="model_not_found",
+                )
+        except ModelNameError as exc:
+            raise HTTPError(exc.status, str(exc), code=exc.code, param="model") from None
+        other = self.config.other_model(chosen)
+        order = [chosen, other] if other else [chosen]
+        router_label = decision.router if decision else "none"
+        if decision is not None:
+            self.metrics.routing_seconds.labels(router_label).observe(decision.routing_s)
+        headers = _routing_headers(decision)
+        if stream:
+            await self._chat_stream(
+                receive, send, payload, order, decision, headers, started, text
+            )
+            return
+        try:
+            result = await self.upstreams.complete(order, payload)
+        except UpstreamError as exc:
+            self._finish(decision, chosen, chosen, False, exc.status, False, started, None, text)
+            await _send_json(send, exc.status, _upstream_error_body(exc), headers)
+            return
+        self.metrics.upstream_seconds.labels(result.model).observe(result.upstream_s)
+        usage = result.payload.get("usage") or {}
+        tokens = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
+        headers += [(b"x-switchllm-model", result.model.encode()),
+                    (b"x-switchllm-fallback", b"true" if result.fell_back else b"false")]
+        await _send_json(send, 200, result.payload, headers)
+        self._finish(decision, chosen, result.model, result.fell_back, 200, False, started,
+                     tokens, text)
+
+    async def _chat_stream(
+        self, receive: Receive, send: Send, payload: dict, order: list[str],
+        decision: Decision | None, headers: list[tuple[bytes, bytes]], started: float, text: str,
+    ) -> None:
+        try:
+            opened: OpenStream = await self.upstreams.open_stream(order, payload)
+        except UpstreamError as exc:
+            self._finish(decision, order[0], order[0], False, exc.status, True, started, None, text)
+            await _send_json(send, exc.status, _upstream_error_body(exc), headers)
+            return
+        self.metrics.upstream_seconds.labels(opened.model).observe(opened.first_token_s)
+        headers = SSE_HEADERS + headers + [
+            (b"x-switchllm-model", opened.model.encode()),
+            (b"x-switchllm-fallback", b"true" if opened.fell_back else b"false"),
+        ]
+        status = 200
+        # uvicorn drops writes to a departed client silently: watch for the disconnect so that
+        # the upstream generation is cancelled instead of relayed to nobody.
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"".join(opened.head),
+                        "more_body": True})
+            async for event in opened.rest:
+                if gone.done():
+                    raise ConnectionResetError("client disconnected")
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        except UpstreamError as exc:
+            status = exc.status
+            await _try_send_end(send, _sse_error(exc.message, exc.code))
+        except HTTPPoolError as exc:
+            status = 502
+            message = f"upstream model {opened.model!r} dropped the stream ({type(exc).__name__})"
+            await _try_send_end(send, _sse_error(message, "upstream_stream_error"))
+        except (OSError, asyncio.CancelledError, RuntimeError) as exc:
+            status = 499  # the client went away
+            await opened.rest.aclose()  # type: ignore[attr-defined]
+            self._finish_stream(decision, order[0], opened, status, started, text, payload)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        else:
+            await _try_send_end(send, b"")
+        finally:
+            gone.cancel()
+        self._finish_stream(decision, order[0], opened, status, started, text, payload)
+
+    def _finish_stream(
+        self, decision: Decision | None, routed: str, opened: OpenStream, status: int,
+        started: float, text: str, payload: dict,
+    ) -> None:
+        state: StreamState = opened.state
+        prompt_tokens = state.prompt_tokens
+        if prompt_tokens is None:  # no usage asked for: estimate (about 4 characters a token)
+            chars = sum(len(content_text(m.get("content"))) for m in payload["messages"]
+                        if isinstance(m, dict))
+            prompt_tokens = max(1, chars // 4)
+        completion = state.completion_tokens
+        if completion is None:
+            completion = state.content_chunks
+        self._finish(decision, routed, opened.model, opened.fell_back, status, True, started,
+                     (prompt_tokens, completion), text)
+
+    def _finish(
+        self, decision: Decision | None, routed: str, model: str, fell_back: bool, status: int,
+        stream: bool, started: float, tokens: tuple[int | None, int | None] | None, text: str,
+    ) -> None:
+        router_label = decision.router if decision else "none"
+        self.metrics.requests.labels(router_label, model, str(status)).inc()
+        if fell_back:
+            self.metrics.fallbacks.labels(routed, model).inc()
+        cost = strong_cost = None
+        prompt_tokens = completion_tokens = None
+        if tokens is not None and status == 200:
+            prompt_tokens, completion_tokens = tokens
+            pt, ct = prompt_tokens or 0, completion_tokens or 0
+            self.metrics.tokens.labels(model, "prompt").inc(pt)
+            self.metrics.tokens.labels(model, "completion").inc(ct)
+            cost = self.config.models[model].cost(pt, ct)
+            strong_cost = self.config.models[self.config.strong_model].cost(pt, ct)
+            self.metrics.cost.labels(model).inc(cost)
+            self.metrics.strong_cost.inc(strong_cost)
+            self._cost_total += cost
+            self._strong_cost_total += strong_cost
+            self.metrics.saving.set(self._strong_cost_total - self._cost_total)
+        if self.log is not None:
+            self.log.record(DecisionRecord(
+                ts=time.time(),
+                router=decision.router if decision else None,
+                threshold=decision.threshold if decision else None,
+                win_rate=decision.win_rate if decision else None,
+                model=model if status == 200 else None,
+                routed_model=routed,
+                strong_model=self.config.strong_model,
+                fallback=fell_back,
+                status=status,
+                stream=stream,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                routing_ms=decision.routing_s * 1000 if decision else None,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost_usd=cost,
+                strong_cost_usd=strong_cost,
+                prompt=text,
+            ))
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    too_big = HTTPError(
+        413, f"request body is larger than the server's limit of {limit} bytes",
+        code="request_too_large",
+    )
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                if int(value) > limit:
+                    raise too_big
+            except ValueError:
+                raise HTTPError(400, "invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _parse_request(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise HTTPError(400, "request body is empty; send a JSON chat completion request")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise HTTPError(400, "request body must be a JSON object")
+    messages = payload.get("messages")
+    if messages is None:
+        raise HTTPError(400, "'messages' is required", param="messages", code="missing_required")
+    if not isinstance(messages, list) or not messages:
+        raise HTTPError(400, "'messages' must be a non-empty list of messages", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise HTTPError(
+                400, f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]"
+            )
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise HTTPError(
+            400, "'model' is required: router-<router>-<threshold> or an upstream model name",
+            param="model", code="missing_required",
+        )
+    return payload
+
+
+def _routing_headers(decision: Decision | None) -> list[tuple[bytes, bytes]]:
+    if decision is None:
+        return []
+    return [
+        (b"x-switchllm-router", decision.router.encode()),
+        (b"x-switchllm-threshold", f"{decision.threshold:.6g}".encode()),
+        (b"x-switchllm-win-rate", f"{decision.win_rate:.6f}".encode()),
+        (b"x-switchllm-routed-model", decision.model.encode()),
+        (b"x-switchllm-routing-ms", f"{decision.routing_s * 1000:.2f}".encode()),
+    ]
+
+
+def _upstream_error_body(exc: UpstreamError) -> dict[str, Any]:
+    if exc.body and isinstance(exc.body.get("error"), dict):
+        return exc.body
+    type_ = "rate_limit_error" if exc.status == 429 else "upstream_error"
+    return error_body(exc.message, type_, exc.code)
+
+
+def _sse_error(message: str, code: str) -> bytes:
+    body = error_body(message, "upstream_error", code)
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+async def _send(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(
+    send: Send, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(obj, ensure_ascii=False).encode()
+    await _send(send, status, body, JSON_HEADERS + (extra or []))
+
+
+async def _try_send_end(send: Send, body: bytes) -> None:
+    try:
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    except Exception:
+        pass
+
+
+def create_app(config: ServingConfig, routers: RouterSet | None = None) -> SwitchServer:
+    return SwitchServer(config, routers)

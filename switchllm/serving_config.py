@@ -1,0 +1,357 @@
+"""Serving configuration: upstream models, routers, server and log settings, and the
+`router-<name>-<threshold>` / `router-<name>-s<share>` model names clients ask for.
+
+A YAML file (``switchllm serve --config FILE``) looks like::
+
+    routers: [mf, random]            # or a mapping {name: router card dir or kind}
+    strong_model: gpt-4o
+    weak_model: llama-3.1-8b
+    models:
+      gpt-4o:
+        base_url: https://api.openai.com/v1
+        api_key_env: OPENAI_API_KEY   # the NAME of an env var; the key never sits in the file
+        input_price: 2.50             # dollars per 1M input tokens
+        output_price: 10.00           # dollars per 1M output tokens
+      llama-3.1-8b:
+        base_url: http://localhost:8000/v1
+        upstream_model: meta-llama/Llama-3.1-8B-Instruct   # name sent upstream, if different
+    server: {host: 127.0.0.1, port: 6060, timeout: 60, retries: 2, max_body_bytes: 4194304}
+    log: {path: switchllm-decisions.sqlite, prompts: false}
+
+RouteLLM's router config (top-level keys named after a router kind, e.g. ``mf: {...}``) is
+accepted too: a ``card``/``checkpoint_path`` naming a local router card directory is used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from switchllm.errors import SwitchLLMError
+
+DEFAULT_PORT = 6060
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_LOG_PATH = "switchllm-decisions.sqlite"
+ROUTER_PREFIX = "router-"
+API_KEYS_ENV = "SWITCHLLM_API_KEYS"
+
+
+class ConfigError(SwitchLLMError):
+    """The serving configuration is malformed."""
+
+
+class ModelNameError(SwitchLLMError):
+    """A requested model name cannot be served. `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "invalid_model") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass
+class ModelSpec:
+    """One upstream model behind an OpenAI-compatible endpoint."""
+
+    name: str
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # from --api-key; never logged
+    upstream_model: str | None = None
+    input_price: float = 0.0  # dollars per 1M tokens
+    output_price: float = 0.0
+
+    @property
+    def sent_name(self) -> str:
+        return self.upstream_model or self.name
+
+    def resolve_key(self) -> str | None:
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
+
+
+@dataclass
+class ServingConfig:
+    strong_model: str
+    weak_model: str
+    models: dict[str, ModelSpec]
+    routers: dict[str, str]  # served router name -> router spec for load_router (kind or dir)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    timeout: float = 60.0  # seconds per upstream attempt
+    connect_timeout: float = 5.0
+    retries: int = 2  # extra attempts on the same model for 429/5xx/connection errors
+    backoff: float = 0.05  # seconds, doubled per retry
+    max_body_bytes: int = 4 * 1024 * 1024
+    batch_window_ms: float = 1.0
+    router_threads: int = 0  # torch threads for router compute; 0: 1 for small batches, else all
+    api_keys: list[str] = field(default_factory=list, repr=False)
+    log_path: str | None = DEFAULT_LOG_PATH
+    log_prompts: bool = False
+
+    def __post_init__(self) -> None:
+        for role, name in (("strong_model", self.strong_model), ("weak_model", self.weak_model)):
+            if not name:
+                raise ConfigError(f"{role} is not set (use --{role.replace('_', '-')})")
+            self.models.setdefault(name, ModelSpec(name=name))
+        if self.strong_model == self.weak_model:
+            raise ConfigError(f"strong and weak model are the same: {self.strong_model!r}")
+        if not self.routers:
+            raise ConfigError("no routers configured (use --routers)")
+        if not 0.0 <= self.batch_window_ms <= 100.0:
+            raise ConfigError(f"batch_window_ms must be in [0, 100], got {self.batch_window_ms}")
+
+    def other_model(self, model: str) -> str | None:
+        if model == self.strong_model:
+            return self.weak_model
+        if model == self.weak_model:
+            return self.strong_model
+        return None
+
+
+# ---- model names ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RouteRequest:
+    """What a `router-...` model name asks for: a router and a threshold or a strong share."""
+
+    router: str
+    threshold: float | None = None
+    strong_share: float | None = None
+
+
+def parse_router_model(model: str) -> RouteRequest | None:
+    """`router-mf-0.116` -> RouteRequest("mf", threshold=0.116); `router-sw_ranking-s0.3` ->
+    RouteRequest("sw_ranking", strong_share=0.3). None when `model` is not a router name.
+
+    The router name may contain underscores or dashes: the value is what follows the last dash.
+    """
+    if not model.startswith(ROUTER_PREFIX):
+        return None
+    rest = model[len(ROUTER_PREFIX) :]
+    name, sep, value = rest.rpartition("-")
+    if name.endswith("-"):  # router-mf--0.1: a negative threshold, reported as out of range
+        name, value = name[:-1], "-" + value
+    if not sep or not name or not value:
+        raise ModelNameError(
+            f"model {model!r} must look like router-<router>-<threshold> "
+            "(e.g. router-mf-0.11593) or router-<router>-s<share> (e.g. router-mf-s0.3)",
+            status=400,
+        )
+    if value[0] in "sS":
+        share = _parse_unit(value[1:], f"strong share in model {model!r}")
+        return RouteRequest(router=name, strong_share=share)
+    return RouteRequest(router=name, threshold=_parse_unit(value, f"threshold in model {model!r}"))
+
+
+def check_threshold(threshold: Any, what: str = "threshold") -> float:
+    """A float in [0, 1], or a ModelNameError naming the bad value."""
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float | str):
+        raise ModelNameError(f"{what} must be a number in [0, 1], got {threshold!r}")
+    return _parse_unit(str(threshold), what)
+
+
+def _parse_unit(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ModelNameError(f"{what} is not a number: {text!r}") from None
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ModelNameError(f"{what} must be in [0, 1], got {text}")
+    return value
+
+
+# ---- prompts -------------------------------------------------------------------------------
+def prompt_text(messages: Sequence[Any]) -> str:
+    """The text a router routes on: the last user message (RouteLLM routes on the last message),
+    with list-of-parts content reduced to its text parts (images are not routed on)."""
+    chosen = None
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            chosen = message
+            break
+    if chosen is None and messages:
+        chosen = messages[-1]
+    if not isinstance(chosen, Mapping):
+        return ""
+    return content_text(chosen.get("content"))
+
+
+def content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        texts = [
+            part.get("text", "")
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") in ("text", "input_text")
+        ]
+        return "\n".join(t for t in texts if isinstance(t, str))
+    return ""
+
+
+# ---- loading -------------------------------------------------------------------------------
+_SERVER_KEYS = {
+    "host": str, "port": int, "timeout": float, "connect_timeout": float, "retries": int,
+    "backoff": float, "max_body_bytes": int, "batch_window_ms": float, "router_threads": int,
+}
+_MODEL_KEYS = {
+    "base_url": str, "api_key_env": str, "upstream_model": str, "input_price": float,
+    "output_price": float,
+}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def routers_from(value: Any, raw: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Normalise `routers` (a list of names, a comma string, or {name: spec}) to name -> spec,
+    honouring RouteLLM-style per-router config (`mf: {checkpoint_path: DIR}`) in `raw`."""
+    from switchllm.routers import ROUTER_KINDS
+
+    raw = raw or {}
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, Mapping):
+        items = [(str(k), str(v) if v is not None else str(k)) for k, v in value.items()]
+    elif isinstance(value, Sequence):
+        # "name=card_dir" serves a card under a short name; a bare name is its own spec
+        items = [(str(v).partition("=")[0], str(v).partition("=")[2] or str(v)) for v in value]
+    else:
+        raise ConfigError(f"routers must be a list or a mapping, got {type(value).__name__}")
+    routers: dict[str, str] = {}
+    for name, spec in items:
+        section = raw.get(name)
+        if name in ROUTER_KINDS and isinstance(section, Mapping):
+            for key in ("card", "checkpoint_path"):
+                candidate = section.get(key)
+                if candidate and Path(str(candidate)).is_dir():
+                    spec = str(candidate)
+        routers[name] = spec
+    return routers
+
+
+def build_config(
+    *,
+    config_path: str | Path | None = None,
+    routers: Any = None,
+    strong_model: str | None = None,
+    weak_model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    raw: Mapping[str, Any] | None = None,
+) -> ServingConfig:
+    """Merge a YAML file (or an already-read mapping `raw`) with command-line values
+    (command line wins)."""
+    if raw is None:
+        raw = load_yaml(config_path) if config_path else {}
+    where = str(config_path) if config_path else "config"
+    models: dict[str, ModelSpec] = {}
+    model_section = raw.get("models") or {}
+    if not isinstance(model_section, Mapping):
+        raise ConfigError(f"{where}: models must be a mapping of model name -> settings")
+    for name, settings in model_section.items():
+        settings = settings or {}
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{where}: models.{name} must be a mapping")
+        kwargs: dict[str, Any] = {}
+        for key, value in settings.items():
+            if key == "api_key":
+                raise ConfigError(
+                    f"{where}: models.{name}.api_key: put keys in an environment variable and "
+                    "name it with api_key_env; keys never belong in config files"
+                )
+            if key not in _MODEL_KEYS:
+                raise ConfigError(
+                    f"{where}: models.{name}: unknown setting {key!r} "
+                    f"(known: {', '.join(_MODEL_KEYS)})"
+                )
+            kwargs[key] = _typed(value, _MODEL_KEYS[key], f"{where}: models.{name}.{key}")
+        if kwargs.get("input_price", 0) < 0 or kwargs.get("output_price", 0) < 0:
+            raise ConfigError(f"{where}: models.{name}: prices must not be negative")
+        models[str(name)] = ModelSpec(name=str(name), **kwargs)
+
+    strong = strong_model or raw.get("strong_model")
+    weak = weak_model or raw.get("weak_model")
+    for name in (strong, weak):
+        if name and name not in models:
+            models[name] = ModelSpec(name=name)
+    # --base-url / --api-key (RouteLLM's flags) apply to models the YAML does not configure.
+    for spec in models.values():
+        if base_url and str(spec.name) not in model_section:
+            spec.base_url = base_url
+        if api_key and not spec.api_key_env:
+            spec.api_key = api_key
+        if not spec.api_key_env and not spec.api_key and spec.base_url.startswith(
+            "https://api.openai.com"
+        ):
+            spec.api_key_env = "OPENAI_API_KEY"
+
+    server = raw.get("server") or {}
+    log = raw.get("log") or {}
+    if not isinstance(server, Mapping) or not isinstance(log, Mapping):
+        raise ConfigError(f"{where}: server and log must be mappings")
+    kwargs = {}
+    for key, value in server.items():
+        if key not in _SERVER_KEYS:
+            raise ConfigError(f"{where}: server: unknown setting {key!r}")
+        kwargs[key] = _typed(value, _SERVER_KEYS[key], f"{where}: server.{key}")
+    if "path" in log:
+        kwargs["log_path"] = None if log["path"] in (None, False, "") else str(log["path"])
+    if "prompts" in log:
+        kwargs["log_prompts"] = bool(log["prompts"])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            kwargs[key] = value
+    return ServingConfig(
+        strong_model=strong or "",
+        weak_model=weak or "",
+        models=models,
+        routers=routers_from(routers if routers else raw.get("routers"), raw),
+        **kwargs,
+    )
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    try:
+        if kind is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if isinstance(value, bool):
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a {kind.__name__}, got {value!r}") from None
+
+
+def client_api_keys(flag_value: str | None) -> list[str]:
+    """Client keys from --api-keys (comma separated) or $SWITCHLLM_API_KEYS."""
+    source = flag_value if flag_value is not None else os.environ.get(API_KEYS_ENV, "")
+    return [k.strip() for k in source.split(",") if k.strip()]

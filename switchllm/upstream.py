@@ -1,0 +1,391 @@
+"""Calling upstream OpenAI-compatible endpoints: one pooled HTTP client, timeouts, retries
+with backoff on 429/5xx/connection errors, and fallback to the other model when the chosen one
+fails, for streamed requests too as long as no token has reached the caller yet.
+
+Upstream API keys live only in request headers built here; error messages that reach clients or
+logs are redacted of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from switchllm.http_pool import HTTPPool, HTTPPoolError, ReadTimeout, StreamResponse, Target
+from switchllm.serving_config import ModelSpec
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
+MAX_RETRY_AFTER_S = 2.0
+
+
+class UpstreamError(Exception):
+    """An upstream call failed. `status` is what the client should see; `fallback` says whether
+    trying the other model may help (not for a request the upstream rejected as malformed)."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str = "upstream_error", fallback: bool = True,
+        retry: bool = False, body: dict[str, Any] | None = None, retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.fallback = fallback
+        self.retry = retry
+        self.body = body  # the upstream's own (redacted) error body, passed on for 4xx
+        self.retry_after = retry_after
+
+
+@dataclass
+class Completion:
+    model: str  # served model name that answered
+    payload: dict[str, Any]
+    fell_back: bool
+    attempts: int
+    upstream_s: float
+
+
+@dataclass
+class StreamState:
+    """Accumulates what a stream tells us about usage while it is relayed."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    content_chunks: int = 0
+
+    def observe(self, event: dict[str, Any]) -> None:
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = _int(usage.get("prompt_tokens"))
+            self.completion_tokens = _int(usage.get("completion_tokens"))
+        for choice in event.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
+                self.content_chunks += 1
+
+
+@dataclass
+class OpenStream:
+    """A started upstream stream whose first token has arrived (or which ended cleanly)."""
+
+    model: str
+    fell_back: bool
+    attempts: int
+    head: list[bytes]  # SSE events already read and rewritten, to send first
+    rest: AsyncIterator[bytes]
+    state: StreamState = field(default_factory=StreamState)
+    first_token_s: float = 0.0
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class Upstreams:
+    def __init__(
+        self,
+        models: dict[str, ModelSpec],
+        *,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        retries: int = 2,
+        backoff: float = 0.05,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.models = models
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.on_retry = on_retry
+        self.client = HTTPPool(connect_timeout=connect_timeout, read_timeout=timeout)
+        self._targets: dict[str, tuple[Target, dict[str, str]]] = {}
+        self._secrets: list[str] = []
+        for name, spec in models.items():
+            headers = {"content-type": "application/json", "accept": "application/json"}
+            key = spec.resolve_key()
+            if key:
+                headers["authorization"] = f"Bearer {key}"
+                self._secrets.append(key)
+            url = spec.base_url.rstrip("/") + "/chat/completions"
+            try:
+                self._targets[name] = (Target.parse(url), headers)
+            except ValueError:
+                raise ValueError(f"model {name!r}: base_url {spec.base_url!r} is not an "
+                                 "http(s) URL") from None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # ---- secrets ------------------------------------------------------------------------
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret and secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def _redact_body(self, body: Any) -> Any:
+        if not self._secrets:
+            return body
+        return json.loads(self.redact(json.dumps(body)))
+
+    # ---- requests -----------------------------------------------------------------------
+    def _content(self, model: str, body: dict[str, Any]) -> bytes:
+        sent = dict(body)
+        sent["model"] = self.models[model].sent_name
+        return json.dumps(sent, ensure_ascii=False).encode()
+
+    def _status_error(
+        self, model: str, status: int, raw: bytes, headers: dict[str, str]
+    ) -> UpstreamError:
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        detail = ""
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            detail = str(body["error"].get("message", ""))
+        elif raw:
+            detail = raw[:200].decode("utf-8", "replace")
+        detail = self.redact(detail)
+        if status in RETRYABLE_STATUS:
+            retry_after = _retry_after(headers.get("retry-after"))
+            code = "rate_limited" if status == 429 else "upstream_error"
+            return UpstreamError(
+                429 if status == 429 else 502,
+                f"upstream model {model!r} returned HTTP {status}: {detail}".rstrip(": "),
+                code=code, retry=True, retry_after=retry_after,
+            )
+        if status in (401, 403):
+            # Our credentials, not the caller's request: the other model may still answer.
+            return UpstreamError(
+                502, f"upstream model {model!r} rejected the server's credentials (HTTP {status})",
+                code="upstream_auth_error",
+            )
+        # Any other 4xx: the upstream judged the request itself bad; say what it said.
+        return UpstreamError(
+            status if 400 <= status < 500 else 502,
+            f"upstream model {model!r} rejected the request (HTTP {status}): {detail}",
+            code="upstream_rejected", fallback=False,
+            body=self._redact_body(body) if isinstance(body, dict) else None,
+        )
+
+    def _transport_error(self, model: str, exc: Exception) -> UpstreamError:
+        if isinstance(exc, ReadTimeout):
+            # A hung upstream: retrying it would only double the wait; go to the other model.
+            return UpstreamError(
+                504, f"upstream model {model!r} timed out", code="upstream_timeout"
+            )
+        return UpstreamError(
+            502, f"cannot reach upstream model {model!r} ({type(exc).__name__})",
+            code="upstream_unreachable", retry=True,
+        )
+
+    async def _backoff(self, model: str, attempt: int, error: UpstreamError) -> None:
+        if self.on_retry:
+            self.on_retry(model)
+        delay = self.backoff * (2**attempt) * (0.5 + random.random())
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        await asyncio.sleep(delay)
+
+    async def complete_one(self, model: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        url, headers = self._targets[model]
+        content = self._content(model, body)
+        error: UpstreamError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                assert error is not None
+                await self._backoff(model, attempt - 1, error)
+            try:
+                response = await self.client.request("POST", url, headers, content)
+            except HTTPPoolError as exc:
+                error = self._transport_error(model, exc)
+            else:
+                if response.status == 200:
+                    try:
+                        payload = json.loads(response.body)
+                    except ValueError:
+                        payload = None
+                    if isinstance(payload, dict):
+                        return payload, attempt + 1
+                    error = UpstreamError(
+                        502, f"upstream model {model!r} sent a response that is not JSON",
+                        retry=True,
+                    )
+                else:
+                    error = self._status_error(
+                        model, response.status, response.body, response.headers
+                    )
+            if not error.retry:
+                break
+        assert error is not None
+        raise error
+
+    async def complete(self, order: Sequence[str], body: dict[str, Any]) -> Completion:
+        """The first model in `order` that answers; later ones only if earlier ones fail."""
+        started = time.perf_counter()
+        attempts = 0
+        error: UpstreamError | None = None
+        for i, model in enumerate(order):
+            try:
+                payload, used = await self.complete_one(model, body)
+            except UpstreamError as exc:
+                attempts += self.retries + 1
+                error = exc
+                if not exc.fallback:
+                    break
+                continue
+            payload["model"] = model
+            return Completion(model, payload, i > 0, attempts + used, time.perf_counter() - started)
+        assert error is not None
+        raise error
+
+    # ---- streaming ----------------------------------------------------------------------
+    async def open_stream(self, order: Sequence[str], body: dict[str, Any]) -> OpenStream:
+        """Start a stream on the first model in `order` that delivers a first token, retrying
+        and falling back on failures before it; the caller relays `head` then `rest`."""
+        started = time.perf_counter()
+        error: UpstreamError | None = None
+        attempts = 0
+        for i, model in enumerate(order):
+            url, headers = self._targets[model]
+            content = self._content(model, body)
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    assert error is not None
+                    await self._backoff(model, attempt - 1, error)
+                attempts += 1
+                try:
+                    opened = await self._start(model, url, headers, content)
+                except UpstreamError as exc:
+                    error = exc
+                    if not exc.retry:
+                        break
+                    continue
+                opened.fell_back = i > 0
+                opened.attempts = attempts
+                opened.first_token_s = time.perf_counter() - started
+                return opened
+            assert error is not None
+            if not error.fallback:
+                break
+        assert error is not None
+        raise error
+
+    async def _start(
+        self, model: str, url: Target, headers: dict[str, str], content: bytes
+    ) -> OpenStream:
+        try:
+            response = await self.client.stream(
+                "POST", url, {**headers, "accept": "text/event-stream"}, content
+            )
+        except HTTPPoolError as exc:
+            raise self._transport_error(model, exc) from None
+        if response.status != 200:
+            try:
+                raw = await response.aread()
+            except HTTPPoolError:
+                raw = b""
+            await response.aclose()
+            raise self._status_error(model, response.status, raw, response.headers)
+        state = StreamState()
+        events = _relay(response, model, state, self.redact)
+        head: list[bytes] = []
+        try:
+            async for event in events:
+                head.append(event)
+                if state.content_chunks or b"data: [DONE]\n\n" in event:
+                    break
+        except UpstreamError:
+            await response.aclose()
+            raise
+        except HTTPPoolError as exc:
+            await response.aclose()
+            raise UpstreamError(
+                502, f"upstream model {model!r} dropped the stream before the first token "
+                f"({type(exc).__name__})", code="upstream_stream_error", retry=True,
+            ) from None
+        if not head:
+            await response.aclose()
+            raise UpstreamError(
+                502, f"upstream model {model!r} ended the stream without any event",
+                code="upstream_stream_error", retry=True,
+            )
+        return OpenStream(model, False, 0, head, events, state)
+
+
+async def _relay(
+    response: StreamResponse, model: str, state: StreamState, redact: Callable[[str], str]
+) -> AsyncIterator[bytes]:
+    """Upstream SSE -> SSE events with `model` set to the served model name. Yields, per
+    network read, every complete event it brought (one write to the client, not one per
+    event)."""
+    buffer = b""
+    done = False
+    try:
+        async for chunk in response.aiter_raw():
+            buffer += chunk
+            if b"\r" in buffer:
+                buffer = buffer.replace(b"\r\n", b"\n")
+            if b"\n\n" not in buffer:
+                continue
+            *raw_events, buffer = buffer.split(b"\n\n")
+            events = [_rewrite_event(raw, model, state, redact) for raw in raw_events]
+            block = b"".join(e for e in events if e is not None)
+            if block:
+                done = done or b"data: [DONE]\n\n" in block
+                yield block
+        if buffer.strip():
+            event = _rewrite_event(buffer, model, state, redact)
+            if event is not None:
+                done = done or b"data: [DONE]\n\n" in event
+                yield event
+    finally:
+        await response.aclose()
+    if not done:
+        raise UpstreamError(
+            502, f"upstream model {model!r} ended the stream without [DONE]",
+            code="upstream_stream_error", retry=True,
+        )
+
+
+def _rewrite_event(
+    raw: bytes, model: str, state: StreamState, redact: Callable[[str], str]
+) -> bytes | None:
+    data_lines = [line[5:].lstrip() for line in raw.split(b"\n") if line.startswith(b"data:")]
+    if not data_lines:
+        return None  # comments / keep-alives
+    data = b"\n".join(data_lines)
+    if data.strip() == b"[DONE]":
+        return b"data: [DONE]\n\n"
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise UpstreamError(
+            502, f"upstream model {model!r} sent a stream event that is not JSON",
+            code="upstream_stream_error", retry=True,
+        ) from None
+    if isinstance(event, dict):
+        if "error" in event and "choices" not in event:
+            message = event["error"].get("message") if isinstance(event["error"], dict) else ""
+            raise UpstreamError(
+                502, f"upstream model {model!r} reported an error mid-stream: "
+                f"{redact(str(message))}", code="upstream_stream_error", retry=True,
+            )
+        event["model"] = model
+        state.observe(event)
+    data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    return b"data: " + data + b"\n\n"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return None

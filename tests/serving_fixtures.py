@@ -1,0 +1,347 @@
+"""Loopback servers for the serving tests and bench/server.py.
+
+`FakeUpstream` is a real OpenAI-compatible HTTP/1.1 server on 127.0.0.1 (raw asyncio, so it is
+fast enough to benchmark against) whose behaviour per model can be switched while it runs:
+HTTP errors (always, for the next N calls, or for a share of calls), delays, dropped streams,
+connections closed without an answer. `ServerThread` runs any ASGI app under uvicorn on a
+random loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import uvicorn
+
+from switchllm.routers import Router
+
+
+@dataclass
+class Behaviour:
+    fail_status: int | None = None  # answer every call with this status
+    fail_next: int = 0  # answer the next N calls with fail_status_next
+    fail_status_next: int = 500
+    fail_rate: float = 0.0  # answer this share of calls with HTTP 500
+    delay_s: float = 0.0  # wait before answering
+    drop_stream_after: int | None = None  # close a stream after this many events
+    drop_connection: bool = False  # close the connection without answering
+    reply: str = "Hello from the upstream"
+    chunk_delay_s: float = 0.0  # pause between stream events
+    echo_auth: bool = False  # put the Authorization header in error messages (leak tests)
+
+
+@dataclass
+class Seen:
+    model: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeUpstream:
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    record: bool = True
+
+    def __post_init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+        self._rng = random.Random(0)
+        self.connections: set[_Connection] = set()
+        self.streams_cut = 0  # streams whose client (the server) hung up before the end
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def behaviour(self, model: str) -> Behaviour:
+        return self.behaviours.setdefault(model, Behaviour())
+
+    def close_connections(self) -> None:
+        """Close every open (kept-alive) connection from the server side, as upstreams do
+        after an idle timeout."""
+        assert self._loop is not None
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                self._loop.call_soon_threadsafe(conn.transport.close)
+
+    def reset(self) -> None:
+        self.behaviours.clear()
+        self.seen.clear()
+
+    # ---- lifecycle: in a thread (tests) or in the caller's loop (bench) -------------------
+    def start(self) -> FakeUpstream:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.serve())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="fake-upstream")
+        self._thread.start()
+        ready.wait(5)
+        return self
+
+    async def serve(self, port: int = 0, ssl_context: Any = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), "127.0.0.1", port, backlog=1024, ssl=ssl_context
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        loop = self._loop
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop)
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # ---- answers --------------------------------------------------------------------------
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        model = str(body.get("model"))
+        b = self.behaviour(model)
+        n = int(body.get("n") or 1)
+        choices = []
+        for i in range(n):
+            message: dict[str, Any] = {"role": "assistant", "content": b.reply}
+            finish = "stop"
+            if body.get("tools"):
+                tool = body["tools"][0]["function"]["name"]
+                message = {
+                    "role": "assistant", "content": None,
+                    "tool_calls": [{"id": f"call_{i}", "type": "function",
+                                    "function": {"name": tool, "arguments": '{"city": "Paris"}'}}],
+                }
+                finish = "tool_calls"
+            choices.append({"index": i, "message": message, "finish_reason": finish,
+                            "logprobs": None})
+        return {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": model + "-upstream-version", "choices": choices,
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n},
+        }
+
+    def stream_events(self, body: dict[str, Any]) -> list[bytes]:
+        model = str(body.get("model"))
+        b = self.behaviour(model)
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                "model": model + "-upstream-version"}
+
+        def event(delta: dict, finish: str | None = None) -> bytes:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        events = [event({"role": "assistant", "content": ""})]
+        words = b.reply.split(" ")
+        for i, word in enumerate(words):
+            events.append(event({"content": word if i == 0 else " " + word}))
+        events.append(event({}, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {**base, "choices": [], "usage": {
+                "prompt_tokens": 10, "completion_tokens": len(words),
+                "total_tokens": 10 + len(words)}}
+            events.append(b"data: " + json.dumps(usage).encode() + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    def failure(self, model: str) -> int | None:
+        b = self.behaviour(model)
+        if b.fail_next > 0:
+            b.fail_next -= 1
+            return b.fail_status_next
+        if b.fail_status is not None:
+            return b.fail_status
+        if b.fail_rate and self._rng.random() < b.fail_rate:
+            return 500
+        return None
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, upstream: FakeUpstream) -> None:
+        self.upstream = upstream
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.upstream.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.upstream.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = self.buffer[:end].decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0"))
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
+            self.handle(lines[0], headers, body)
+
+    def handle(self, request_line: str, headers: dict[str, str], raw: bytes) -> None:
+        assert self.transport is not None
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            self.respond(400, {"error": {"message": "bad json", "type": "invalid_request_error"}})
+            return
+        model = str(body.get("model"))
+        up = self.upstream
+        if up.record:
+            up.seen.append(Seen(model, body, headers))
+        b = up.behaviour(model)
+        if b.drop_connection:
+            self.transport.close()
+            return
+        if b.delay_s:
+            asyncio.get_running_loop().call_later(
+                b.delay_s, self.reply, body, model, headers.get("authorization", "")
+            )
+        else:
+            self.reply(body, model, headers.get("authorization", ""))
+
+    def reply(self, body: dict[str, Any], model: str, auth: str) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
+        status = self.upstream.failure(model)
+        if status is not None:
+            message = f"fake failure {status}"
+            if self.upstream.behaviour(model).echo_auth:
+                message += f" for key {auth}"
+            self.respond(status, {"error": {"message": message,
+                                            "type": "server_error", "code": None}})
+            return
+        if body.get("stream"):
+            self.stream(body, model)
+        else:
+            self.respond(200, self.upstream.answer(body))
+
+    def respond(self, status: int, obj: dict[str, Any]) -> None:
+        assert self.transport is not None
+        data = json.dumps(obj).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, len(data), data)
+        )
+
+    def stream(self, body: dict[str, Any], model: str) -> None:
+        assert self.transport is not None
+        events = self.upstream.stream_events(body)
+        drop = self.upstream.behaviour(model).drop_stream_after
+        delay = self.upstream.behaviour(model).chunk_delay_s
+        if delay:
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                                 b"transfer-encoding: chunked\r\n\r\n")
+            self.slow_stream(events, delay)
+            return
+        out = [b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+               b"transfer-encoding: chunked\r\n\r\n"]
+        for i, event in enumerate(events):
+            if drop is not None and i >= drop:
+                self.transport.write(b"".join(out))
+                self.transport.close()
+                return
+            out.append(b"%x\r\n%s\r\n" % (len(event), event))
+        out.append(b"0\r\n\r\n")
+        self.transport.write(b"".join(out))
+
+
+    def slow_stream(self, events: list[bytes], delay: float) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            self.upstream.streams_cut += 1
+            return
+        if not events:
+            self.transport.write(b"0\r\n\r\n")
+            return
+        event = events[0]
+        self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))
+        asyncio.get_running_loop().call_later(delay, self.slow_stream, events[1:], delay)
+
+
+class KeywordRouter(Router):
+    """A tiny learned-router stand-in for tests: win rate 0.9 when the prompt mentions one of
+    its keywords, else 0.1; remembers every batch it scored. Saved and loaded as a real card."""
+
+    kind = "keyword"
+    params = ("keywords",)
+
+    def __init__(self, keywords: tuple[str, ...] | list[str] = ("proof",)) -> None:
+        super().__init__()
+        self.keywords = list(keywords)
+        self.batches: list[list[str]] = []
+
+    def win_rate(self, prompts, strong=None, weak=None) -> np.ndarray:  # noqa: ANN001
+        self.resolve_pair(strong, weak)
+        self.batches.append(list(prompts))
+        return np.array([0.9 if any(k in p for k in self.keywords) else 0.1 for p in prompts])
+
+
+class ServerThread:
+    """Runs an ASGI app under uvicorn on 127.0.0.1, on a random free port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.time() + 60  # routers warm up (load models) before serving
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.01)
+        if not self.server.started:
+            raise RuntimeError("the server did not start")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for 'upstream down' cases)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -50,7 +50,7 @@ class BertRouter(Router):
         self,
         base_model: str = tu.BUNDLED_ENCODER,
         train_layers: int = 2,
-        epochs: int = 3,
+        epochs: int = 1,
         lr: float = 1e-4,
         head_lr: float = 1e-3,
         batch_size: int = 32,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -15,23 +14,15 @@ STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 
-def mmlu_rows(limit: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """`limit` MMLU prompts drawn at random over all subjects, with golden correctness
-    (columns: STRONG, WEAK) as a float array."""
-    prompts: list[str] = []
-    scores: list[tuple[float, float]] = []
-    for path in sorted(MMLU_DIR.glob("mmlu_*.csv")):
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                prompts.append(row["prompt"])
-                scores.append((float(row[STRONG] == "True"), float(row[WEAK] == "True")))
-    pick = np.random.default_rng(seed).permutation(len(prompts))[:limit]
-    return [prompts[i] for i in pick], np.asarray(scores)[pick]
-
-
 def mmlu_battles(limit: int, seed: int = 0) -> Battles:
-    prompts, scores = mmlu_rows(limit, seed)
-    return Battles.from_scores(prompts, [STRONG, WEAK], scores)
+    """Battles on `limit` MMLU prompts drawn at random over all subjects (the shipped
+    benchmark: golden correctness of the strong and the weak model)."""
+    from switchllm.data.benchmarks import load_benchmark
+
+    benchmark = load_benchmark("mmlu")
+    keep = np.zeros(len(benchmark), dtype=bool)
+    keep[np.random.default_rng(seed).permutation(len(benchmark))[:limit]] = True
+    return benchmark.to_battles().select_prompts(keep)
 
 
 def minilm_dir() -> Path:

@@ -7,21 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from neural_fixtures import STRONG, WEAK, make_tiny_bert, minilm_dir, mmlu_battles
 from safetensors.numpy import load_file
 
 from switchllm.data.battles import Battles
 from switchllm.errors import CardError, SwitchLLMError, UnknownModelError
 from switchllm.routers import load_router
+from switchllm.routers import torch_utils as tu
 from switchllm.routers.bert import BertRouter
 
 FAST = {"max_length": 64, "epochs": 1, "train_layers": 1, "batch_size": 32}
+N_TRAIN = 128
 
 
 @pytest.fixture(scope="module")
 def mmlu_router() -> tuple[BertRouter, list[str]]:
-    battles = mmlu_battles(200, seed=1)
-    return BertRouter(**FAST).fit(battles), battles.prompts[:40]
+    battles = mmlu_battles(N_TRAIN, seed=1)
+    return BertRouter(**FAST).fit(battles), battles.prompts[:24]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,39 @@ def test_fit_on_real_mmlu_battles_gives_valid_win_rates(mmlu_router) -> None:
     reverse = router.win_rate(prompts, strong=WEAK, weak=STRONG)
     np.testing.assert_allclose(rates + reverse, 1.0, atol=1e-9)
     assert router.model_scores(prompts).shape == (len(prompts), 2)
-    assert router.card_info["training"]["n_battles"] == 200
+    assert router.card_info["training"]["n_battles"] == N_TRAIN  # one pair per prompt
+
+
+def test_training_on_cached_frozen_layers_equals_the_full_model(mmlu_router) -> None:
+    # fit trains the top layer on cached outputs of the five frozen ones; the trained router,
+    # run through the whole encoder, must give the scores that training path gives.
+    router, prompts = mmlu_router
+    token_ids = router._tokenize(prompts)
+    cache = router._frozen_cache(token_ids, progress=False)
+    assert [len(s) for s in cache.states] == [len(t) for t in token_ids]  # no padding kept
+    with torch.no_grad():
+        cached = router._cached_scores(cache, list(range(len(prompts))), train=False).numpy()
+    full = router.model_scores(prompts)
+    assert np.abs(full).max() > 1e-3
+    np.testing.assert_allclose(cached, full, rtol=1e-4, atol=1e-5)
+    assert router.card_info["training"]["frozen_cache_seconds"] >= 0
+
+
+@pytest.mark.parametrize("train_layers", [0, 1, 2])
+def test_replaying_the_top_layers_matches_a_full_forward_pass(
+    tiny_bert: Path, train_layers: int
+) -> None:
+    prompts = ["a short one", "a much longer prompt " * 6, "what is 2 + 2?"]
+    router = BertRouter(base_model=str(tiny_bert), train_layers=train_layers, max_length=32)
+    router._load_base()
+    cache = router._frozen_cache(router._tokenize(prompts), progress=False)
+    hidden, mask = cache.last_hidden([2, 0, 1])
+    ids, full_mask = tu.pad_batch(router._tokenize([prompts[i] for i in (2, 0, 1)]), 0, "cpu")
+    with torch.no_grad():
+        full = router._encoder(input_ids=ids, attention_mask=full_mask).last_hidden_state
+    keep = mask.bool()
+    torch.testing.assert_close(hidden[keep], full[keep], rtol=1e-5, atol=1e-5)
+    assert cache.check_replay([0, 1, 2]) < 1e-4
 
 
 def test_card_round_trip_gives_identical_scores(mmlu_router, tmp_path: Path) -> None:

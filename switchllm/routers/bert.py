@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from switchllm.errors import DataError, SwitchLLMError
 from switchllm.routers import torch_utils as tu
 from switchllm.routers.base import DEFAULT_STRONG_MODEL, DEFAULT_WEAK_MODEL, Router
+from switchllm.routers.frozen_cache import FrozenCache
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +50,7 @@ class BertRouter(Router):
         self,
         base_model: str = tu.BUNDLED_ENCODER,
         train_layers: int = 2,
-        epochs: int = 3,
+        epochs: int = 1,
         lr: float = 1e-4,
         head_lr: float = 1e-3,
         batch_size: int = 32,
@@ -107,17 +108,35 @@ class BertRouter(Router):
         )
         return encoded["input_ids"]
 
-    def _scores(self, token_ids: Sequence[Sequence[int]], train: bool) -> torch.Tensor:
-        """(batch, n_models) quality logits."""
+    def _pooled_scores(
+        self, hidden: torch.Tensor, mask: torch.Tensor, train: bool
+    ) -> torch.Tensor:
+        """(batch, n_models) quality logits from the encoder's last hidden state."""
         import torch
 
-        ids, mask = tu.pad_batch(token_ids, self._tokenizer.pad_token_id or 0, self._device)
-        hidden = self._encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         if train and self.dropout > 0:
             pooled = torch.nn.functional.dropout(pooled, p=self.dropout)
         return self._head(pooled)
+
+    def _scores(self, token_ids: Sequence[Sequence[int]], train: bool) -> torch.Tensor:
+        """(batch, n_models) quality logits through the whole encoder."""
+        ids, mask = tu.pad_batch(token_ids, self._tokenizer.pad_token_id or 0, self._device)
+        hidden = self._encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self._pooled_scores(hidden, mask, train)
+
+    def _frozen_cache(self, token_ids: Sequence[Sequence[int]], progress: bool) -> FrozenCache:
+        """The frozen layers' output for every prompt, computed once (see frozen_cache)."""
+        _, layers = tu.transformer_layers(self._encoder)
+        return FrozenCache(self._encoder, len(layers) - self.train_layers, token_ids,
+                           self._tokenizer.pad_token_id or 0, self._device, progress=progress)
+
+    def _cached_scores(self, cache: FrozenCache, rows: Sequence[int], train: bool
+                       ) -> torch.Tensor:
+        """(len(rows), n_models) quality logits, running only the trained layers."""
+        hidden, mask = cache.last_hidden(rows)
+        return self._pooled_scores(hidden, mask, train)
 
     # ---- training -----------------------------------------------------------------------------
     def fit(self, battles: Battles) -> BertRouter:
@@ -159,10 +178,17 @@ class BertRouter(Router):
         if encoder_params:
             groups.append({"params": list(encoder_params.values()), "lr": self.lr})
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        lengths = np.array([len(t) for t in token_ids])
         steps_per_epoch = -(-len(used_prompts) // self.batch_size)
         scheduler = tu.linear_warmup_decay(optimizer, steps_per_epoch * self.epochs)
         _, layers = tu.transformer_layers(self._encoder)
         trained_layers = list(layers)[len(layers) - self.train_layers:]
+
+        # The frozen layers never change: encode through them once, train on their output.
+        cache_started = time.perf_counter()
+        cache = self._frozen_cache(token_ids, progress=True)
+        cache.check_replay(np.argsort(lengths)[-min(8, len(lengths)):])
+        cache_seconds = time.perf_counter() - cache_started
 
         epoch_losses: list[float] = []
         progress = tqdm(total=steps_per_epoch * self.epochs, desc="training bert router",
@@ -170,11 +196,9 @@ class BertRouter(Router):
         for _ in range(self.epochs):
             for layer in trained_layers:
                 layer.train()
-            perm = rng.permutation(len(used_prompts))
             total, weight_sum = 0.0, 0.0
-            for start in range(0, len(perm), self.batch_size):
-                batch = perm[start : start + self.batch_size]
-                scores = self._scores([token_ids[i] for i in batch], train=True)
+            for batch in _bucketed_batches(lengths, self.batch_size, rng):
+                scores = self._cached_scores(cache, batch, train=True)
                 local = np.concatenate([np.full(starts[p + 1] - starts[p], j)
                                         for j, p in enumerate(batch)])
                 idx = torch.as_tensor(np.concatenate([order[starts[p]:starts[p + 1]]
@@ -207,6 +231,7 @@ class BertRouter(Router):
             "n_battles": len(battles),
             "n_prompts": len(used_prompts),
             "epoch_losses": [round(x, 6) for x in epoch_losses],
+            "frozen_cache_seconds": round(cache_seconds, 1),
             "seconds": round(time.perf_counter() - started, 1),
         }
         return self
@@ -228,7 +253,7 @@ class BertRouter(Router):
             return out
         token_ids = self._tokenize(prompts)
         batches = list(tu.length_sorted_batches([len(t) for t in token_ids], INFERENCE_BATCH))
-        with torch.no_grad():
+        with torch.inference_mode():
             for batch in tqdm(batches, desc="scoring prompts", unit="batch", leave=False,
                               disable=len(prompts) <= 4 * INFERENCE_BATCH):
                 scores = self._scores([token_ids[i] for i in batch], train=False)
@@ -266,6 +291,22 @@ class BertRouter(Router):
         tu.load_into_(self._head_params(), head, "bert head")
         tu.freeze_except(self._encoder, {})
         self._head.eval()
+
+
+def _bucketed_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Shuffled batches of prompts of similar length: shuffle, sort each window of 50 batches
+    by length, cut into batches, shuffle the batches. Padding (and so the work per step) stays
+    small while every epoch still mixes prompts differently."""
+    perm = rng.permutation(len(lengths))
+    window = batch_size * 50
+    batches: list[np.ndarray] = []
+    for start in range(0, len(perm), window):
+        chunk = perm[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _choose_default_pair(

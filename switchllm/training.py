@@ -71,6 +71,12 @@ def predict_battles(router: Router, battles: Battles) -> np.ndarray:
     embeddings = (router.embed(battles.prompts) if isinstance(router, EmbeddingRouter)
                   else None)
     out = np.empty(len(battles))
+    if embeddings is not None and router.scores_are_logits:
+        index = np.array([router.models.index(m) for m in battles.models])
+        scores = router.model_scores_from_embeddings(embeddings)[:, index]
+        rows = battles.prompt_idx
+        diff = scores[rows, battles.model_a] - scores[rows, battles.model_b]
+        return 1.0 / (1.0 + np.exp(-diff))
     pairs = np.unique(np.stack([battles.model_a, battles.model_b], axis=1), axis=0)
     for a, b in pairs:
         rows = np.nonzero((battles.model_a == a) & (battles.model_b == b))[0]
@@ -106,6 +112,10 @@ def validation_metrics(router: Router, battles: Battles) -> dict[str, Any]:
     """Log-loss and accuracy on non-tie battles; APGR of the default pair where it met."""
     metrics: dict[str, Any] = {"prompts": len(battles.prompts), "battles": len(battles)}
     decided = battles.outcome != 0.5
+    if router.models:  # a model seen only in held-out prompts cannot be predicted
+        known = np.isin(np.arange(len(battles.models)),
+                        [i for i, m in enumerate(battles.models) if m in router.models])
+        decided &= known[battles.model_a] & known[battles.model_b]
     if decided.any():
         sub = _select_rows(battles, decided)
         p = np.clip(predict_battles(router, sub), 1e-6, 1 - 1e-6)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 class EmbeddingRouter(Router):
     """A router whose only input is the prompt's embedding."""
+
+    #: True when win_rate(q, a, b) == sigmoid(score_a - score_b) of `model_scores`: one
+    #: scoring pass then answers every pair (used to validate on many pairs at once)
+    scores_are_logits: ClassVar[bool] = False
 
     def __init__(self, embedding_model: str | None = None) -> None:
         from switchllm.embeddings import LOCAL_MODEL

@@ -27,12 +27,16 @@ from switchllm.routers.embedding_router import (
 if TYPE_CHECKING:
     from switchllm.data.battles import Battles
 
+# prompts x model pairs up to which the per-pair sums are kept as dense matrices (2 x 4 bytes)
+DENSE_LIMIT = 5_000_000
+
 
 class SWRankingRouter(EmbeddingRouter):
     kind = "sw_ranking"
     params = ("gamma", "reg", "n_iter", "batch_size")
+    scores_are_logits = True
 
-    def __init__(self, gamma: float = 10.0, reg: float = 1.0, n_iter: int = 6,
+    def __init__(self, gamma: float = 300.0, reg: float = 1.0, n_iter: int = 6,
                  batch_size: int = 128, embedding_model: str | None = None) -> None:
         super().__init__(embedding_model)
         self.gamma = float(gamma)  # weight contrast: most similar prompt counts gamma x the least
@@ -43,12 +47,28 @@ class SWRankingRouter(EmbeddingRouter):
             raise ValueError(f"gamma must be > 1, got {gamma}")
         self._prompt_vectors = np.zeros((0, 0), dtype=np.float32)
         self._outcomes: PromptPairOutcomes | None = None
+        self._dense: tuple[np.ndarray, np.ndarray] | None = None
 
     def _fit_embeddings(self, battles: Battles, embeddings: np.ndarray,
                         progress: bool = False) -> None:
         # stored as float16 on the card: round now so a loaded card answers identically
         self._prompt_vectors = embeddings.astype(np.float16).astype(np.float32)
         self._outcomes = PromptPairOutcomes.from_battles(battles)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Dense (prompts, pairs) win/battle matrices when small enough: the weighted sums are
+        then one BLAS matrix product; otherwise the sparse rows are gathered."""
+        outcomes = self._outcomes
+        assert outcomes is not None
+        n_prompts = len(self._prompt_vectors)
+        self._dense = None
+        if n_prompts * outcomes.n_pairs <= DENSE_LIMIT:
+            wins = np.zeros((n_prompts, outcomes.n_pairs), dtype=np.float32)
+            counts = np.zeros_like(wins)
+            wins[outcomes.row_prompt, outcomes.row_pair] = outcomes.row_wins
+            counts[outcomes.row_prompt, outcomes.row_pair] = outcomes.row_counts
+            self._dense = (wins, counts)
 
     def ratings_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         """Per-query Bradley-Terry ratings (n, models), natural-log (logit) scale."""
@@ -66,11 +86,15 @@ class SWRankingRouter(EmbeddingRouter):
         max_sim = np.maximum(sims.max(axis=1, keepdims=True), 1e-6)
         # gamma^(1 + s/max_s), shifted by the row maximum for numerical range (the scale
         # cancels in the normalisation below)
-        log_w = np.log(self.gamma) * (sims / max_sim - 1.0)
-        weights = np.exp(log_w)[:, outcomes.row_prompt]  # (Q, rows)
-        starts = outcomes.pair_start[:-1]
-        counts = np.add.reduceat(weights * outcomes.row_counts, starts, axis=1)
-        wins = np.add.reduceat(weights * outcomes.row_wins, starts, axis=1)
+        prompt_weights = np.exp(np.log(self.gamma) * (sims / max_sim - 1.0))  # (Q, prompts)
+        if self._dense is not None:
+            wins = prompt_weights @ self._dense[0]
+            counts = prompt_weights @ self._dense[1]
+        else:
+            weights = prompt_weights[:, outcomes.row_prompt]  # (Q, rows)
+            starts = outcomes.pair_start[:-1]
+            counts = np.add.reduceat(weights * outcomes.row_counts, starts, axis=1)
+            wins = np.add.reduceat(weights * outcomes.row_wins, starts, axis=1)
         # mean weight 1: `reg` then means the same number of battles whatever gamma is
         scale = outcomes.row_counts.sum() / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
         return bradley_terry(wins * scale, counts * scale, outcomes.incidence, self.reg,
@@ -94,3 +118,4 @@ class SWRankingRouter(EmbeddingRouter):
         (vectors,) = require(tensors, self.kind, "prompt_vectors")
         self._prompt_vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self._outcomes = PromptPairOutcomes.from_state(tensors, len(self.models), self.kind)
+        self._prepare()

@@ -118,3 +118,21 @@ def test_bradley_terry_recovers_known_odds() -> None:
     ratings = bradley_terry(np.array([[75.0, 75.0]]), np.array([[100.0, 100.0]]), incidence,
                             reg=1e-6, n_iter=30)[0]
     np.testing.assert_allclose(np.diff(-ratings), [np.log(3), np.log(3)], rtol=1e-3)
+
+
+def test_sw_ranking_sparse_sums_match_dense(fitted: dict, monkeypatch) -> None:
+    from switchllm.routers import sw_ranking
+
+    _, test = mmlu_split()
+    router = fitted["sw_ranking"]
+    vectors = embeddings_for(test)[:40]
+    dense = router.model_scores_from_embeddings(vectors)
+    monkeypatch.setattr(sw_ranking, "DENSE_LIMIT", 0)
+    router._prepare()
+    try:
+        assert router._dense is None
+        np.testing.assert_allclose(router.model_scores_from_embeddings(vectors), dense,
+                                   atol=1e-8)
+    finally:
+        monkeypatch.undo()
+        router._prepare()

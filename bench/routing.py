@@ -1,7 +1,7 @@
 """Routing speed benchmark: per router, card load time, single-prompt latency and batch
 throughput, with the prompt embedding included (fresh texts, never cache hits) and without it.
 
-    python bench/routing.py ROUTER [ROUTER ...] [--calls 200] [--batch 500]
+    python bench/routing.py ROUTER [ROUTER ...] [--calls 200] [--batch 500] [--threads 1]
 
 ROUTER is a router name (random, mf, ...) or a router card directory. Prompts are real chat
 prompts from the shipped data (Arena-Hard, MT-Bench, LLMRouter). Embeddings computed here go to
@@ -18,8 +18,25 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
+def _threads_from_argv() -> str | None:
+    """--threads must act before numpy and torch start their thread pools."""
+    for i, arg in enumerate(sys.argv):
+        if arg == "--threads" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+if (_threads := _threads_from_argv()) is not None:
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads
+
+import numpy as np  # noqa: E402
+
+# run from a checkout: import this checkout's switchllm, not an installed one
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 DATA = Path(os.environ.get("SWITCHLLM_SHARED_DATA", "/work/shared/data"))
 
 
@@ -79,7 +96,14 @@ def main() -> int:
     parser.add_argument("routers", nargs="+", help="router names or card directories")
     parser.add_argument("--calls", type=int, default=200, help="single-prompt calls")
     parser.add_argument("--batch", type=int, default=500, help="prompts in the batch")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for numpy and torch (default: their own choice; "
+                             "1 is far faster on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     prompts = chat_prompts(args.batch)
     with tempfile.TemporaryDirectory(prefix="switchllm-bench-") as cache:
         os.environ["SWITCHLLM_CACHE_DIR"] = cache  # read when the embedder is first built
@@ -98,7 +122,8 @@ def main() -> int:
         print("  ".join(cell.rjust(w) if i else cell.ljust(w)
                         for i, (cell, w) in enumerate(zip(line, widths, strict=True))))
     print(f"({args.calls} single calls, batch of {len(prompts)} chat prompts, "
-          f"{os.cpu_count()} CPUs; embedding included except in router-only columns)")
+          f"{os.cpu_count()} CPUs, threads {args.threads or 'default'}, load average "
+          f"{os.getloadavg()[0]:.1f}; embedding included except in router-only columns)")
     return 0
 
 

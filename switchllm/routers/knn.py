@@ -36,7 +36,7 @@ class KNNRouter(EmbeddingRouter):
     kind = "knn"
     params = ("k", "temperature", "smoothing", "batch_size")
 
-    def __init__(self, k: int = 128, temperature: float = 0.2, smoothing: float = 2.0,
+    def __init__(self, k: int = 256, temperature: float = 0.15, smoothing: float = 2.0,
                  batch_size: int = 256, embedding_model: str | None = None) -> None:
         super().__init__(embedding_model)
         self.k = int(k)  # neighbours per query

@@ -36,7 +36,7 @@ class SWRankingRouter(EmbeddingRouter):
     params = ("gamma", "reg", "n_iter", "batch_size")
     scores_are_logits = True
 
-    def __init__(self, gamma: float = 300.0, reg: float = 1.0, n_iter: int = 6,
+    def __init__(self, gamma: float = 1000.0, reg: float = 1.0, n_iter: int = 6,
                  batch_size: int = 128, embedding_model: str | None = None) -> None:
         super().__init__(embedding_model)
         self.gamma = float(gamma)  # weight contrast: most similar prompt counts gamma x the least

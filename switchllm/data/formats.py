@@ -238,8 +238,9 @@ def _csv_model_columns(rows: list[tuple[int, dict[str, Any]]]) -> list[str]:
     models = []
     for column in columns:
         values = [r[column].strip() for _, r in rows[:CSV_SNIFF_ROWS] if r[column].strip()]
-        # tolerate a few bad values: they are reported as bad rows later
-        if values and sum(map(_is_value, values)) >= 0.9 * len(values):
+        # a column of mostly numbers/labels is a model; its bad values are reported as bad
+        # rows later (a text column has almost none)
+        if values and sum(map(_is_value, values)) >= 0.5 * len(values):
             models.append(column)
     return models
 

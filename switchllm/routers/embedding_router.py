@@ -1,0 +1,277 @@
+"""Shared base for routers that work on prompt embeddings (sw_ranking, mf, knn).
+
+An embedding router records the embedding model it was trained with (`embedding_model`, on the
+card) and the vector size (`embedding_dim`), and refuses to run on vectors from anything else:
+vectors from two embedding models live in unrelated spaces, so mixing them routes at random
+without any visible error.
+
+Every method that takes prompts has a `*_from_embeddings` twin taking a precomputed
+(n, dim) float32 matrix, so evaluation and the server can embed a batch once and ask several
+routers or pairs.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from switchllm.errors import CardError, DataError
+from switchllm.routers.base import Router
+
+if TYPE_CHECKING:
+    from switchllm.data.battles import Battles
+    from switchllm.embeddings import Embedder
+
+
+class EmbeddingRouter(Router):
+    """A router whose only input is the prompt's embedding."""
+
+    #: True when win_rate(q, a, b) == sigmoid(score_a - score_b) of `model_scores`: one
+    #: scoring pass then answers every pair (used to validate on many pairs at once)
+    scores_are_logits: ClassVar[bool] = False
+
+    def __init__(self, embedding_model: str | None = None) -> None:
+        from switchllm.embeddings import LOCAL_MODEL
+
+        super().__init__()
+        self.embedding_model = embedding_model or LOCAL_MODEL
+        self.embedding_dim = 0  # set by fit / the card; 0 = not trained
+
+    # ---- embeddings ------------------------------------------------------------------------
+    def embedder(self) -> Embedder:
+        from switchllm.embeddings import get_embedder
+
+        embedder = get_embedder(self.embedding_model)
+        self.check_embedder(embedder)
+        return embedder
+
+    def check_embedder(self, embedder: Embedder) -> None:
+        """Refuse an embedder other than the one this router was trained with."""
+        if embedder.name != self.embedding_model:
+            raise CardError(
+                f"the {self.kind} router was trained on {self.embedding_model!r} embeddings, "
+                f"not {embedder.name!r}; embed with {self.embedding_model!r} or retrain"
+            )
+
+    def embed(self, prompts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Prompts -> (n, dim) float32 vectors from this router's embedding model."""
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise DataError(f"prompt {i} is {type(prompt).__name__}, not text")
+        vectors = self.embedder().embed(list(prompts), progress=progress)
+        return self.check_embeddings(vectors)
+
+    def check_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """Validate a precomputed matrix: 2-D, the trained dimension, float32."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2:
+            raise DataError(f"embeddings must be a 2-D matrix, got shape {embeddings.shape}")
+        if not self.embedding_dim:
+            raise CardError(f"the {self.kind} router is not trained: call fit() first")
+        if embeddings.shape[1] != self.embedding_dim:
+            raise CardError(
+                f"the {self.kind} router was trained on {self.embedding_dim}-dimensional "
+                f"{self.embedding_model!r} embeddings, got {embeddings.shape[1]} dimensions"
+            )
+        return embeddings
+
+    # ---- the Router interface, via embeddings ----------------------------------------------
+    def fit(self, battles: Battles, embeddings: np.ndarray | None = None,
+            progress: bool = False) -> EmbeddingRouter:
+        """Learn from `battles`; `embeddings` (one row per `battles.prompts`) skips embedding."""
+        if len(battles) == 0:
+            raise DataError("no battles to train on")
+        if embeddings is None:
+            embeddings = self.embedder().embed(battles.prompts, progress=progress)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.shape[0] != len(battles.prompts):
+            raise DataError(
+                f"{embeddings.shape[0]} embeddings for {len(battles.prompts)} prompts"
+            )
+        self.embedding_dim = int(embeddings.shape[1])
+        self.models = list(battles.models)
+        self._fit_embeddings(battles, embeddings, progress=progress)
+        return self
+
+    def win_rate(
+        self, prompts: Sequence[str], strong: str | None = None, weak: str | None = None
+    ) -> np.ndarray:
+        strong, weak = self.resolve_pair(strong, weak)
+        if len(prompts) == 0:
+            return np.zeros(0)
+        return self.win_rate_from_embeddings(self.embed(prompts), strong, weak)
+
+    def model_scores(self, prompts: Sequence[str]) -> np.ndarray:
+        if len(prompts) == 0:
+            return np.zeros((0, len(self.models)))
+        return self.model_scores_from_embeddings(self.embed(prompts))
+
+    def win_rate_from_embeddings(
+        self, embeddings: np.ndarray, strong: str | None = None, weak: str | None = None
+    ) -> np.ndarray:
+        """P(strong beats weak) for each row of a precomputed (n, dim) embedding matrix."""
+        strong, weak = self.resolve_pair(strong, weak)
+        embeddings = self.check_embeddings(embeddings)
+        index = {m: i for i, m in enumerate(self.models)}
+        rates = self._win_rate(embeddings, index[strong], index[weak])
+        return np.clip(np.asarray(rates, dtype=np.float64), 0.0, 1.0)
+
+    def model_scores_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """Per-model scores (n, len(models)) for a precomputed embedding matrix."""
+        return np.asarray(self._model_scores(self.check_embeddings(embeddings)), np.float64)
+
+    # ---- what subclasses implement ---------------------------------------------------------
+    @abstractmethod
+    def _fit_embeddings(self, battles: Battles, embeddings: np.ndarray,
+                        progress: bool = False) -> None:
+        """Learn from battles whose prompts have the given (L2-normalised) embeddings."""
+
+    @abstractmethod
+    def _win_rate(self, embeddings: np.ndarray, strong: int, weak: int) -> np.ndarray:
+        """P(models[strong] beats models[weak]) per embedding row."""
+
+    @abstractmethod
+    def _model_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """Per-model scores per embedding row."""
+
+    # ---- persistence -----------------------------------------------------------------------
+    def _get_state(self) -> dict[str, np.ndarray]:
+        return {"embedding_dim": np.array([self.embedding_dim], dtype=np.int64)}
+
+    def _set_state(self, tensors: dict[str, np.ndarray]) -> None:
+        if "embedding_dim" not in tensors:
+            raise CardError(f"{self.kind} router card has no 'embedding_dim' tensor")
+        self.embedding_dim = int(tensors["embedding_dim"][0])
+
+
+def require(tensors: dict[str, np.ndarray], kind: str, *names: str) -> list[np.ndarray]:
+    """The named tensors of a card, or a CardError naming the missing ones."""
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise CardError(f"{kind} router card is missing tensors: {', '.join(missing)}")
+    return [tensors[n] for n in names]
+
+
+class PromptPairOutcomes:
+    """Battle outcomes summed per (prompt, model pair): the sufficient statistics of sw_ranking
+    and knn, stored sparsely (real data has few of all possible pairs on each prompt).
+
+    Pair k is models (pair_a[k], pair_b[k]) with pair_a < pair_b, only pairs seen in training.
+    Row r says: on prompt `row_prompt[r]`, pair `row_pair[r]` fought `row_counts[r]` (weighted)
+    battles and pair_a won `row_wins[r]` of them, ties counting half. Rows are sorted by pair;
+    the rows of pair k are `pair_start[k]:pair_start[k + 1]`."""
+
+    def __init__(self, n_models: int, pair_a: np.ndarray, pair_b: np.ndarray,
+                 row_prompt: np.ndarray, row_pair: np.ndarray, row_wins: np.ndarray,
+                 row_counts: np.ndarray) -> None:
+        self.n_models = n_models
+        self.pair_a = np.asarray(pair_a, dtype=np.int64)
+        self.pair_b = np.asarray(pair_b, dtype=np.int64)
+        self.row_prompt = np.asarray(row_prompt, dtype=np.int64)
+        self.row_pair = np.asarray(row_pair, dtype=np.int64)
+        self.row_wins = np.asarray(row_wins, dtype=np.float32)
+        self.row_counts = np.asarray(row_counts, dtype=np.float32)
+        self.pair_start = np.searchsorted(self.row_pair, np.arange(len(self.pair_a) + 1))
+        self.pair_index = np.full((n_models, n_models), -1, dtype=np.int64)
+        self.pair_index[self.pair_a, self.pair_b] = np.arange(len(self.pair_a))
+        self.pair_index[self.pair_b, self.pair_a] = np.arange(len(self.pair_a))
+        # (pairs, models) incidence: +1 for pair_a, -1 for pair_b
+        self.incidence = np.zeros((len(self.pair_a), n_models))
+        self.incidence[np.arange(len(self.pair_a)), self.pair_a] = 1.0
+        self.incidence[np.arange(len(self.pair_a)), self.pair_b] = -1.0
+
+    @classmethod
+    def from_battles(cls, battles: Battles) -> PromptPairOutcomes:
+        keep = battles.model_a != battles.model_b
+        a, b = battles.model_a[keep], battles.model_b[keep]
+        if len(a) == 0:
+            raise DataError("no battle between two different models to learn from")
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        outcome = battles.outcome[keep].astype(np.float64)
+        weight = battles.weight[keep].astype(np.float64)
+        # outcome is P(model_a wins): flip it where model_a is the higher-indexed model
+        lower_wins = np.where(a < b, outcome, 1.0 - outcome) * weight
+        n_models = len(battles.models)
+        pair_code = lo * n_models + hi
+        codes, pair_of_battle = np.unique(pair_code, return_inverse=True)
+        n_prompts = len(battles.prompts)
+        row_code = pair_of_battle * n_prompts + battles.prompt_idx[keep]
+        rows, row_of_battle = np.unique(row_code, return_inverse=True)  # sorted by pair
+        wins = np.bincount(row_of_battle, lower_wins, minlength=len(rows))
+        counts = np.bincount(row_of_battle, weight, minlength=len(rows))
+        return cls(n_models, codes // n_models, codes % n_models, rows % n_prompts,
+                   rows // n_prompts, wins, counts)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pair_a)
+
+    def state(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {prefix + "pair_a": self.pair_a, prefix + "pair_b": self.pair_b,
+                prefix + "row_prompt": self.row_prompt, prefix + "row_pair": self.row_pair,
+                prefix + "row_wins": self.row_wins, prefix + "row_counts": self.row_counts}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, np.ndarray], n_models: int, kind: str,
+                   prefix: str = "") -> PromptPairOutcomes:
+        names = ["pair_a", "pair_b", "row_prompt", "row_pair", "row_wins", "row_counts"]
+        arrays = require(tensors, kind, *(prefix + n for n in names))
+        return cls(n_models, *arrays)
+
+    def pair_rows(self, strong: int, weak: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prompt, wins of strong over weak, battles) for every prompt where they met."""
+        k = self.pair_index[strong, weak]
+        if k < 0:
+            empty = np.zeros(0)
+            return empty.astype(np.int64), empty, empty
+        rows = slice(self.pair_start[k], self.pair_start[k + 1])
+        wins, counts = self.row_wins[rows], self.row_counts[rows]
+        if strong > weak:
+            wins = counts - wins
+        return self.row_prompt[rows], wins.astype(np.float64), counts.astype(np.float64)
+
+    def model_outcomes(self, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per (prompt, model): summed outcome (wins, ties half) and battle count."""
+        wins = np.zeros((n_prompts, self.n_models))
+        counts = np.zeros((n_prompts, self.n_models))
+        a, b = self.pair_a[self.row_pair], self.pair_b[self.row_pair]
+        np.add.at(wins, (self.row_prompt, a), self.row_wins)
+        np.add.at(wins, (self.row_prompt, b), self.row_counts - self.row_wins)
+        np.add.at(counts, (self.row_prompt, a), self.row_counts)
+        np.add.at(counts, (self.row_prompt, b), self.row_counts)
+        return wins, counts
+
+
+def bradley_terry(
+    wins: np.ndarray, counts: np.ndarray, incidence: np.ndarray, reg: float = 1.0,
+    n_iter: int = 10,
+) -> np.ndarray:
+    """Batched Bradley-Terry fit by Newton's method.
+
+    `wins`/`counts` are (Q, K): for each of Q independent problems, the weighted wins of pair k's
+    first model and the weighted battles of pair k; `incidence` (K, M) has +1/-1 for the pair's
+    first/second model. Maximises sum_k [wins log p_k + (counts - wins) log(1 - p_k)] -
+    reg/2 |r|^2 with p_k = sigmoid(r_a - r_b). The L2 term fixes the free offset and keeps
+    models without battles at 0. Returns ratings (Q, M) in logits (natural-log scale)."""
+    wins = np.asarray(wins, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    q, m = wins.shape[0], incidence.shape[1]
+    pos = incidence.argmax(axis=1)
+    neg = incidence.argmin(axis=1)
+    abs_inc = np.abs(incidence)
+    ratings = np.zeros((q, m))
+    eye = np.eye(m) * reg
+    for _ in range(n_iter):
+        logits = ratings @ incidence.T
+        p = 1.0 / (1.0 + np.exp(-logits))
+        grad = (counts * p - wins) @ incidence + reg * ratings
+        h = counts * p * (1.0 - p)
+        hess = np.broadcast_to(eye, (q, m, m)).copy()
+        hess[:, np.arange(m), np.arange(m)] += h @ abs_inc
+        hess[:, pos, neg] -= h
+        hess[:, neg, pos] -= h
+        ratings -= np.linalg.solve(hess, grad[..., None])[..., 0]
+    return ratings

@@ -1,0 +1,139 @@
+"""k-nearest-neighbour router: the strong win rate is what happened on the most similar
+training prompts.
+
+For a query, the `k` training prompts with the highest cosine similarity are found (one matrix
+multiply for a whole batch). Each neighbour j gives a value v_j:
+- the observed result of strong against weak on that prompt (wins / battles, ties half) if that
+  pair met there;
+- otherwise 0.5 + (score_strong - score_weak) / 2, where a model's score on the prompt is its
+  mean result against every model it met there (both must have met someone there);
+- otherwise nothing (the neighbour is skipped).
+Neighbours are weighted by a softmax of similarity / `temperature`, scaled to sum to k, and the
+average is smoothed toward the pair's global win rate p0 with `smoothing` pseudo-neighbours:
+    win rate = (sum_j w_j v_j + smoothing * p0) / (sum_j w_j + smoothing).
+p0 is the pair's observed rate over all training battles, or, if the two never met, the
+Bradley-Terry estimate from all battles.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from switchllm.routers.embedding_router import (
+    EmbeddingRouter,
+    PromptPairOutcomes,
+    bradley_terry,
+    require,
+)
+
+if TYPE_CHECKING:
+    from switchllm.data.battles import Battles
+
+
+class KNNRouter(EmbeddingRouter):
+    kind = "knn"
+    params = ("k", "temperature", "smoothing", "batch_size")
+
+    def __init__(self, k: int = 256, temperature: float = 0.15, smoothing: float = 2.0,
+                 batch_size: int = 256, embedding_model: str | None = None) -> None:
+        super().__init__(embedding_model)
+        self.k = int(k)  # neighbours per query
+        self.temperature = float(temperature)  # similarity softmax; large = plain average
+        self.smoothing = float(smoothing)  # pseudo-neighbours at the global win rate
+        self.batch_size = int(batch_size)
+        if self.k < 1 or self.temperature <= 0 or self.smoothing < 0:
+            raise ValueError("knn needs k >= 1, temperature > 0 and smoothing >= 0")
+        self._prompt_vectors = np.zeros((0, 0), dtype=np.float32)
+        self._outcomes: PromptPairOutcomes | None = None
+        self._global_ratings = np.zeros(0)
+        self._model_rate = np.zeros((0, 0))  # (prompts, models) mean result, NaN = no battle
+
+    def _fit_embeddings(self, battles: Battles, embeddings: np.ndarray,
+                        progress: bool = False) -> None:
+        # stored as float16 on the card: round now so a loaded card answers identically
+        self._prompt_vectors = embeddings.astype(np.float16).astype(np.float32)
+        self._outcomes = PromptPairOutcomes.from_battles(battles)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        outcomes = self._outcomes
+        assert outcomes is not None
+        starts = outcomes.pair_start[:-1]
+        wins = np.add.reduceat(outcomes.row_wins.astype(np.float64), starts)
+        counts = np.add.reduceat(outcomes.row_counts.astype(np.float64), starts)
+        self._global_ratings = bradley_terry(wins[None], counts[None], outcomes.incidence)[0]
+        model_wins, model_counts = outcomes.model_outcomes(len(self._prompt_vectors))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self._model_rate = np.where(model_counts > 0, model_wins / model_counts, np.nan)
+        total = model_counts.sum(axis=0)
+        self._global_model_rate = np.where(
+            total > 0, model_wins.sum(axis=0) / np.maximum(total, 1e-12), 0.5)
+
+    # ---- neighbours ----------------------------------------------------------------------------
+    def _neighbours(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, weights) of the k nearest training prompts; weights sum to k per row."""
+        sims = queries @ self._prompt_vectors.T
+        k = min(self.k, sims.shape[1])
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(sims, idx, axis=1)
+        logits = (top - top.max(axis=1, keepdims=True)) / self.temperature
+        weights = np.exp(logits)
+        weights *= k / weights.sum(axis=1, keepdims=True)
+        return idx, weights
+
+    def _pair_values(self, strong: int, weak: int) -> tuple[np.ndarray, float]:
+        """Per training prompt, the value a neighbour contributes (NaN: none), and p0."""
+        assert self._outcomes is not None
+        prompts, wins, counts = self._outcomes.pair_rows(strong, weak)
+        estimate = 0.5 + 0.5 * (self._model_rate[:, strong] - self._model_rate[:, weak])
+        values = estimate.copy()
+        values[prompts] = wins / np.maximum(counts, 1e-12)
+        if counts.sum() > 0:
+            prior = float(wins.sum() / counts.sum())
+        else:
+            diff = self._global_ratings[strong] - self._global_ratings[weak]
+            prior = float(1.0 / (1.0 + np.exp(-diff)))
+        return values, prior
+
+    def _win_rate(self, embeddings: np.ndarray, strong: int, weak: int) -> np.ndarray:
+        values, prior = self._pair_values(strong, weak)
+        out = np.empty(len(embeddings))
+        for start in range(0, len(embeddings), self.batch_size):
+            idx, weights = self._neighbours(embeddings[start:start + self.batch_size])
+            v = values[idx]
+            known = ~np.isnan(v)
+            weights = weights * known
+            total = (weights * np.where(known, v, 0.0)).sum(axis=1)
+            out[start:start + len(idx)] = (
+                (total + self.smoothing * prior) / (weights.sum(axis=1) + self.smoothing))
+        return out
+
+    def _model_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """Per model, its smoothed mean result on the neighbours (0..1)."""
+        out = np.empty((len(embeddings), len(self.models)))
+        for start in range(0, len(embeddings), self.batch_size):
+            idx, weights = self._neighbours(embeddings[start:start + self.batch_size])
+            rates = self._model_rate[idx]  # (Q, k, M)
+            known = ~np.isnan(rates)
+            w = weights[..., None] * known
+            total = (w * np.where(known, rates, 0.0)).sum(axis=1)
+            out[start:start + len(idx)] = (
+                (total + self.smoothing * self._global_model_rate)
+                / (w.sum(axis=1) + self.smoothing))
+        return out
+
+    # ---- persistence -------------------------------------------------------------------------
+    def _get_state(self) -> dict[str, np.ndarray]:
+        assert self._outcomes is not None, "fit the router before saving it"
+        return {**super()._get_state(),
+                "prompt_vectors": self._prompt_vectors.astype(np.float16),
+                **self._outcomes.state()}
+
+    def _set_state(self, tensors: dict[str, np.ndarray]) -> None:
+        super()._set_state(tensors)
+        (vectors,) = require(tensors, self.kind, "prompt_vectors")
+        self._prompt_vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._outcomes = PromptPairOutcomes.from_state(tensors, len(self.models), self.kind)
+        self._prepare()

@@ -161,12 +161,33 @@ class EmbeddingStore:
         tensors = load_file(str(path))
         self.add(tensors["keys"], tensors["vectors"])
 
+    def add_store(self, other: EmbeddingStore) -> None:
+        offset = len(self._blocks)
+        self._blocks.extend(other._blocks)
+        for key, (block, row) in other._index.items():
+            self._index[key] = (block + offset, row)
+
     def get(self, key: bytes) -> np.ndarray | None:
         where = self._index.get(key)
         return None if where is None else self._blocks[where[0]][where[1]]
 
     def __len__(self) -> int:
         return len(self._index)
+
+
+_SHIPPED_STORES: dict[str, EmbeddingStore | None] = {}
+
+
+def shipped_store(model: str) -> EmbeddingStore | None:
+    """The read-only embeddings of every shipped prompt for `model`, if the package has them."""
+    if model not in _SHIPPED_STORES:
+        path = SHIPPED_DIR / f"{model_slug(model)}.safetensors"
+        store = None
+        if path.is_file():
+            store = EmbeddingStore()
+            store.load_file(path)
+        _SHIPPED_STORES[model] = store
+    return _SHIPPED_STORES[model]
 
 
 def model_slug(name: str) -> str:
@@ -190,9 +211,9 @@ class CachedEmbedder(Embedder):
         self._lock = threading.Lock()
         slug = model_slug(inner.name)
         if use_shipped:
-            shipped = SHIPPED_DIR / f"{slug}.safetensors"
-            if shipped.is_file():
-                self.store.load_file(shipped)
+            shipped = shipped_store(inner.name)
+            if shipped is not None:
+                self.store.add_store(shipped)
         self.cache_dir = (cache_dir or default_cache_dir()) / "embeddings" / slug
         if self.cache_dir.is_dir():
             for shard in sorted(self.cache_dir.glob("*.safetensors")):

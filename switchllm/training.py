@@ -234,6 +234,7 @@ def train_router(
     seed: int = 0, params: dict[str, Any] | None = None, embedding_model: str | None = None,
     strong_model: str | None = None, weak_model: str | None = None,
     data_files: Sequence[dict[str, Any]] = (), progress: bool = True,
+    share_shipped_embeddings: bool = False,
 ) -> TrainResult:
     """Fit a `kind` router on `battles` and write its card to `output`."""
     from tqdm import tqdm
@@ -274,5 +275,7 @@ def train_router(
         },
         "validation": metrics,
     })
+    if share_shipped_embeddings:  # shipped defaults: refer to the package's prompt vectors
+        router.share_shipped_embeddings = True
     path = router.save(output)
     return TrainResult(router, path, metrics)

@@ -39,6 +39,10 @@ class EmbeddingRouter(Router):
         super().__init__()
         self.embedding_model = embedding_model or LOCAL_MODEL
         self.embedding_dim = 0  # set by fit / the card; 0 = not trained
+        # Save training-prompt vectors as references into the shipped embedding store (text
+        # keys) instead of copies: the shipped default cards share the store's vectors.
+        self.share_shipped_embeddings = False
+        self._prompt_keys: np.ndarray | None = None
 
     # ---- embeddings ------------------------------------------------------------------------
     def embedder(self) -> Embedder:
@@ -93,6 +97,7 @@ class EmbeddingRouter(Router):
             )
         self.embedding_dim = int(embeddings.shape[1])
         self.models = list(battles.models)
+        self._prompt_keys = _text_keys(battles.prompts)
         self._fit_embeddings(battles, embeddings, progress=progress)
         return self
 
@@ -145,6 +150,42 @@ class EmbeddingRouter(Router):
         if "embedding_dim" not in tensors:
             raise CardError(f"{self.kind} router card has no 'embedding_dim' tensor")
         self.embedding_dim = int(tensors["embedding_dim"][0])
+
+    def _prompt_vectors_state(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        """Training-prompt vectors for the card: float16 copies, or with
+        `share_shipped_embeddings` and every prompt in the shipped store, only their keys."""
+        from switchllm.embeddings import shipped_store
+
+        store = shipped_store(self.embedding_model)
+        keys = self._prompt_keys
+        if (self.share_shipped_embeddings and store is not None and keys is not None
+                and all(store.get(k.tobytes()) is not None for k in keys)):
+            return {"prompt_keys": keys}
+        return {"prompt_vectors": vectors.astype(np.float16)}
+
+    def _load_prompt_vectors(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
+        """The training-prompt vectors of a card, inline or from the shipped store."""
+        from switchllm.embeddings import shipped_store
+
+        if "prompt_vectors" in tensors:
+            return np.ascontiguousarray(tensors["prompt_vectors"], dtype=np.float32)
+        (keys,) = require(tensors, self.kind, "prompt_keys")
+        store = shipped_store(self.embedding_model)
+        rows = [store.get(k.tobytes()) for k in keys] if store is not None else [None]
+        if any(row is None for row in rows):
+            raise CardError(
+                f"this {self.kind} card refers to shipped {self.embedding_model!r} embeddings "
+                "that this switchllm installation does not have; retrain the router"
+            )
+        self._prompt_keys = keys
+        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+
+def _text_keys(texts: Sequence[str]) -> np.ndarray:
+    from switchllm.embeddings import KEY_BYTES, text_key
+
+    joined = b"".join(text_key(t) for t in texts)
+    return np.frombuffer(joined, dtype=np.uint8).reshape(-1, KEY_BYTES).copy()
 
 
 def require(tensors: dict[str, np.ndarray], kind: str, *names: str) -> list[np.ndarray]:

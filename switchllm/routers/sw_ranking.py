@@ -21,7 +21,6 @@ from switchllm.routers.embedding_router import (
     EmbeddingRouter,
     PromptPairOutcomes,
     bradley_terry,
-    require,
 )
 
 if TYPE_CHECKING:
@@ -110,12 +109,11 @@ class SWRankingRouter(EmbeddingRouter):
     def _get_state(self) -> dict[str, np.ndarray]:
         assert self._outcomes is not None, "fit the router before saving it"
         return {**super()._get_state(),
-                "prompt_vectors": self._prompt_vectors.astype(np.float16),
+                **self._prompt_vectors_state(self._prompt_vectors),
                 **self._outcomes.state()}
 
     def _set_state(self, tensors: dict[str, np.ndarray]) -> None:
         super()._set_state(tensors)
-        (vectors,) = require(tensors, self.kind, "prompt_vectors")
-        self._prompt_vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._prompt_vectors = self._load_prompt_vectors(tensors)
         self._outcomes = PromptPairOutcomes.from_state(tensors, len(self.models), self.kind)
         self._prepare()

@@ -1,0 +1,52 @@
+"""Train the default router cards shipped in `switchllm/routers/defaults/<kind>/`.
+
+Every default is trained on all shipped sets except MT-Bench and the MT-Bench human votes (see
+`switchllm.data.benchmarks.shipped_training_battles`), so MT-Bench stays an honest held-out test.
+`bert` is fine-tuned on a random sample of prompts (all their battles) to fit a CPU budget.
+
+    python scripts/train_defaults.py                  # all kinds
+    python scripts/train_defaults.py knn mf           # some
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from switchllm.data.benchmarks import shipped_training_battles
+from switchllm.routers import DEFAULTS_DIR
+from switchllm.training import train_router
+
+KINDS = ("mf", "sw_ranking", "knn", "bert")
+BERT_PROMPTS = 4000  # ~10 minutes of CPU fine-tuning
+SEED = 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kinds", nargs="*", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--bert-prompts", type=int, default=BERT_PROMPTS)
+    args = parser.parse_args()
+
+    battles = shipped_training_battles()
+    print(f"training data: {len(battles.prompts)} prompts, {len(battles)} battles, "
+          f"{len(battles.models)} models")
+    for kind in args.kinds:
+        data = battles
+        if kind == "bert" and len(battles.prompts) > args.bert_prompts:
+            rng = np.random.default_rng(SEED)
+            keep = np.zeros(len(battles.prompts), dtype=bool)
+            keep[rng.choice(len(battles.prompts), args.bert_prompts, replace=False)] = True
+            data = battles.select_prompts(keep)
+        started = time.perf_counter()
+        result = train_router(kind, data, DEFAULTS_DIR / kind, val_fraction=0.05, seed=SEED,
+                              share_shipped_embeddings=True)
+        print(f"{kind}: {time.perf_counter() - started:.0f}s, validation "
+              f"{json.dumps(result.metrics)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -43,3 +43,14 @@ def test_fingerprint_changes_with_data():
     b2 = Battles.from_records([("x", "a", "b", 0.0)])
     assert b1.fingerprint() == Battles.from_records([("x", "a", "b", 1.0)]).fingerprint()
     assert b1.fingerprint() != b2.fingerprint()
+
+
+def test_emphasize_pair_gives_the_pair_its_share_of_weight():
+    battles = Battles.from_records([("x", "a", "b", 1.0), ("x", "a", "c", 1.0),
+                                    ("y", "b", "c", 0.0), ("y", "b", "a", 0.5)])
+    emphasized = battles.emphasize_pair("a", "b", share=0.75)
+    pair = np.array([True, False, False, True])
+    assert emphasized.weight[pair].sum() == pytest.approx(3 * emphasized.weight[~pair].sum())
+    assert emphasized.weight[~pair].tolist() == [1.0, 1.0]
+    with pytest.raises(DataError, match="unknown model"):
+        battles.emphasize_pair("a", "zzz")

@@ -108,6 +108,26 @@ class Battles:
             self.outcome[rows], self.weight[rows],
         )
 
+    def emphasize_pair(self, strong: str, weak: str, share: float = 0.5) -> Battles:
+        """The same battles, re-weighted so those between `strong` and `weak` carry `share` of
+        the total weight. Many-model data otherwise drowns the pair a router mostly serves."""
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"share must be in (0, 1), got {share}")
+        if strong not in self.models or weak not in self.models:
+            raise DataError(f"no battles between {strong!r} and {weak!r}: unknown model")
+        s, w = self.models.index(strong), self.models.index(weak)
+        a, b = self.model_a, self.model_b
+        pair = ((a == s) & (b == w)) | ((a == w) & (b == s))
+        pair_weight, other_weight = self.weight[pair].sum(), self.weight[~pair].sum()
+        if pair_weight == 0:
+            raise DataError(f"no battles between {strong!r} and {weak!r}")
+        if other_weight == 0:
+            return self
+        scale = share / (1.0 - share) * other_weight / pair_weight
+        weight = np.where(pair, self.weight * scale, self.weight).astype(np.float32)
+        return Battles(self.prompts, self.models, self.prompt_idx, self.model_a, self.model_b,
+                       self.outcome, weight)
+
     def concat(self, other: Battles) -> Battles:
         """Both sets of battles over the union of prompts and models."""
         models = list(dict.fromkeys([*self.models, *other.models]))

@@ -23,7 +23,6 @@ from switchllm.errors import DataError, SwitchLLMError
 from switchllm.routers import router_class
 from switchllm.routers.base import DEFAULT_STRONG_MODEL, DEFAULT_WEAK_MODEL, Router
 
-APGR_LEVELS = np.linspace(0.0, 1.0, 101)
 MIN_VALIDATION_CALIBRATION = 200  # fewer held-out prompts than this: calibrate on training ones
 MAX_CALIBRATION_PROMPTS = 5000
 
@@ -36,32 +35,17 @@ class TrainResult:
 
 
 # ---- metrics -----------------------------------------------------------------------------------
-def pgr_curve(win_rates: np.ndarray, gains: np.ndarray,
-              levels: np.ndarray = APGR_LEVELS) -> np.ndarray | None:
-    """Performance gap recovered at each strong-call share in `levels`.
-
-    `gains[i]` is quality(strong) - quality(weak) on prompt i; prompts go to the strong model
-    in decreasing win rate. Prompts with equal win rates are routed as a group in expectation
-    (linear interpolation), so a constant router scores exactly the random baseline. None when
-    the strong model is not better overall (PGR undefined)."""
-    win_rates = np.asarray(win_rates, dtype=np.float64)
-    gains = np.asarray(gains, dtype=np.float64)
-    total = gains.sum()
-    if len(gains) == 0 or total <= 0:
-        return None
-    order = np.argsort(-win_rates, kind="stable")
-    sorted_rates, cum = win_rates[order], np.cumsum(gains[order])
-    # group boundaries: last index of each run of equal win rates
-    ends = np.nonzero(np.r_[np.diff(sorted_rates) != 0, True])[0]
-    x = np.r_[0, ends + 1]
-    y = np.r_[0.0, cum[ends]]
-    return np.interp(levels * len(gains), x, y) / total
-
-
 def apgr(win_rates: np.ndarray, gains: np.ndarray) -> float | None:
-    """Average performance gap recovered: area under PGR against strong-call share."""
-    curve = pgr_curve(win_rates, gains)
-    return None if curve is None else float(np.trapezoid(curve, APGR_LEVELS))
+    """APGR of routing by `win_rates` when the strong model gains `gains[i]` over the weak one
+    on prompt i: `switchllm eval`'s metric with the weak model's quality as zero. None when the
+    strong model is not better overall (PGR undefined)."""
+    from switchllm.evaluation import metrics
+
+    gains = np.asarray(gains, dtype=np.float64)
+    if len(gains) == 0 or gains.mean() <= 0:
+        return None
+    curve = metrics.routing_curve(np.asarray(win_rates, np.float64), gains, np.zeros_like(gains))
+    return metrics.apgr(curve, 0.0, float(gains.mean()))
 
 
 def predict_battles(router: Router, battles: Battles) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Train the default router cards shipped in `switchllm/routers/defaults/<kind>/`.
 
 Every default is trained on all shipped sets except MT-Bench and the MT-Bench human votes (see
-`switchllm.data.benchmarks.shipped_training_battles`), so MT-Bench stays an honest held-out test.
+`switchllm.data.benchmarks.router_training_battles`, which also gives RouteLLM's pair half the
+training weight), so MT-Bench stays an honest held-out test.
 `bert` is fine-tuned on a random sample of prompts (all their battles) to fit a CPU budget.
 
     python scripts/train_defaults.py                  # all kinds
@@ -16,15 +17,13 @@ import time
 
 import numpy as np
 
-from switchllm.data.benchmarks import shipped_training_battles
+from switchllm.data.benchmarks import router_training_battles
 from switchllm.routers import DEFAULTS_DIR
-from switchllm.routers.base import DEFAULT_STRONG_MODEL, DEFAULT_WEAK_MODEL
 from switchllm.training import train_router
 
 KINDS = ("mf", "sw_ranking", "knn", "bert")
 BERT_PROMPTS = 4000  # ~10 minutes of CPU fine-tuning
 SEED = 0
-PAIR_SHARE = 0.5
 
 
 def main() -> None:
@@ -33,11 +32,7 @@ def main() -> None:
     parser.add_argument("--bert-prompts", type=int, default=BERT_PROMPTS)
     args = parser.parse_args()
 
-    # The shipped cards mostly serve RouteLLM's pair (the Controller's default): give its
-    # battles half the training weight so the many-model sets do not drown it (measured on
-    # MT-Bench, never trained on: mf APGR 0.43 unweighted, 0.59 with the pair at half).
-    battles = shipped_training_battles().emphasize_pair(
-        DEFAULT_STRONG_MODEL, DEFAULT_WEAK_MODEL, share=PAIR_SHARE)
+    battles = router_training_battles()
     print(f"training data: {len(battles.prompts)} prompts, {len(battles)} battles, "
           f"{len(battles.models)} models")
     for kind in args.kinds:

@@ -375,6 +375,29 @@ def shipped_training_battles(exclude: Iterable[str] = DEFAULT_TRAINING_EXCLUDE) 
     return _cached_training_battles(exclude)
 
 
+# Share of the training weight given to the served pair's battles (see `router_training_battles`).
+PAIR_SHARE = 0.5
+
+
+def router_training_battles(exclude: Iterable[str] = DEFAULT_TRAINING_EXCLUDE,
+                            strong: str | None = None, weak: str | None = None) -> Battles:
+    """The recipe of the shipped default routers (and of `switchllm eval --leave-out`): the
+    shipped training battles minus `exclude`, with the battles between `strong` and `weak`
+    (default RouteLLM's pair) holding `PAIR_SHARE` of the weight, so the many-model sets do
+    not drown the pair the router mostly serves. Measured on MT-Bench, never trained on: mf
+    APGR 0.43 without the emphasis, 0.60 with it."""
+    from switchllm.routers.base import DEFAULT_STRONG_MODEL, DEFAULT_WEAK_MODEL
+
+    battles = shipped_training_battles(exclude)
+    strong, weak = strong or DEFAULT_STRONG_MODEL, weak or DEFAULT_WEAK_MODEL
+    if strong in battles.models and weak in battles.models:
+        try:
+            battles = battles.emphasize_pair(strong, weak, PAIR_SHARE)
+        except DataError:
+            pass  # the two models never met: nothing to emphasise
+    return battles
+
+
 def leave_out_exclusions(benchmark: str) -> set[str]:
     """What to leave out of training to evaluate honestly on `benchmark`: the benchmark, sets
     sharing its prompts, and MT-Bench (never trained on, as in RouteLLM)."""

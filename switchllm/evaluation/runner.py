@@ -4,8 +4,9 @@ Three ways to get a learned router's win rates:
 - plain: the router as given (a shipped default card or your card directory);
 - cv K: K folds split by prompt text; a fresh router of the same kind and parameters is trained
   on the benchmark's other folds (`benchmark.to_battles()`) and scores the held-out fold;
-- leave-out: a fresh router trained on the shipped training sets minus the benchmark, any set
-  sharing its prompts, and MT-Bench (`leave_out_exclusions`).
+- leave-out: a fresh router trained with the shipped defaults' recipe
+  (`router_training_battles`) on the shipped sets minus the benchmark, any set sharing its
+  prompts, and MT-Bench (`leave_out_exclusions`).
 The random router learns nothing, so it is always evaluated as is (seeded).
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 from switchllm.data.benchmarks import (
     Benchmark,
     leave_out_exclusions,
-    shipped_training_battles,
+    router_training_battles,
 )
 from switchllm.errors import SwitchLLMError, UnknownModelError
 from switchllm.evaluation import metrics
@@ -131,7 +132,8 @@ def router_win_rates(spec: str, benchmark: Benchmark, rows: np.ndarray, strong: 
         return name, _cv_win_rates(kind, params, benchmark, rows, strong, weak, settings)
     if settings.mode == "leave-out":
         exclude = leave_out_exclusions(benchmark.name)
-        router = router_class(kind)(**params).fit(shipped_training_battles(exclude))
+        battles = router_training_battles(exclude, strong, weak)
+        router = router_class(kind)(**params).fit(battles)
         return (f"{spec} (leave-out)",
                 win_rates(router, prompts, strong, weak, settings.batch_size, desc=spec))
     raise SwitchLLMError(f"unknown evaluation mode {settings.mode!r}; known: {', '.join(MODES)}")

@@ -110,6 +110,7 @@ def load_model(directory: Path, auto_class: str, dtype: str) -> torch.nn.Module:
         raise SwitchLLMError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     check_base_dir(directory)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.utils.logging.disable_progress_bar()  # a per-load bar is noise in CLI output
     cls = getattr(transformers, auto_class)
     try:
         model = cls.from_pretrained(

@@ -18,6 +18,11 @@ KINDS = ["sw_ranking", "mf", "knn"]
 FAST = {"mf": {"epochs": 20}}
 
 
+def inputs_for(router, battles) -> np.ndarray:
+    """The router's input vectors (embeddings plus any text features) for `battles.prompts`."""
+    return router.embed(battles.prompts, embeddings_for(battles))
+
+
 @pytest.fixture(scope="module")
 def fitted() -> dict:
     train, _ = mmlu_split()
@@ -29,7 +34,8 @@ def fitted() -> dict:
 def test_router_beats_random_on_held_out_prompts(fitted: dict, kind: str) -> None:
     _, test = mmlu_split()
     prompts, gains = pair_gains(test, STRONG, WEAK)
-    rates = fitted[kind].win_rate_from_embeddings(embeddings_for(test)[prompts], STRONG, WEAK)
+    rates = fitted[kind].win_rate_from_embeddings(inputs_for(fitted[kind], test)[prompts],
+                                                 STRONG, WEAK)
     assert rates.shape == (len(prompts),)
     assert np.all((rates >= 0) & (rates <= 1))
     score = apgr(rates, gains)
@@ -41,14 +47,14 @@ def test_win_rate_embeds_prompts_like_precomputed(fitted: dict, kind: str) -> No
     _, test = mmlu_split()
     prompts = test.prompts[:20]
     direct = fitted[kind].win_rate(prompts)
-    precomputed = fitted[kind].win_rate_from_embeddings(embeddings_for(test)[:20])
+    precomputed = fitted[kind].win_rate_from_embeddings(inputs_for(fitted[kind], test)[:20])
     np.testing.assert_allclose(direct, precomputed, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_swapping_the_pair_complements_the_win_rate(fitted: dict, kind: str) -> None:
     _, test = mmlu_split()
-    vectors = embeddings_for(test)[:50]
+    vectors = inputs_for(fitted[kind], test)[:50]
     forward = fitted[kind].win_rate_from_embeddings(vectors, STRONG, WEAK)
     backward = fitted[kind].win_rate_from_embeddings(vectors, WEAK, STRONG)
     np.testing.assert_allclose(forward + backward, 1.0, atol=1e-6)
@@ -63,7 +69,7 @@ def test_save_and_load_give_identical_win_rates(fitted: dict, kind: str, tmp_pat
     assert type(loaded) is type(router)
     assert loaded.get_params() == router.get_params()
     assert loaded.models == router.models and loaded.embedding_model == router.embedding_model
-    vectors = embeddings_for(test)
+    vectors = inputs_for(router, test)
     np.testing.assert_array_equal(loaded.win_rate_from_embeddings(vectors),
                                   router.win_rate_from_embeddings(vectors))
     np.testing.assert_array_equal(loaded.model_scores_from_embeddings(vectors),
@@ -89,13 +95,14 @@ def test_refuses_other_embedding_models(fitted: dict, kind: str, tmp_path) -> No
 @pytest.mark.parametrize("kind", KINDS)
 def test_unknown_model_is_refused(fitted: dict, kind: str) -> None:
     with pytest.raises(UnknownModelError, match="claude"):
-        fitted[kind].win_rate_from_embeddings(np.zeros((1, 384), np.float32), "claude", WEAK)
+        fitted[kind].win_rate_from_embeddings(
+            np.zeros((1, fitted[kind].input_dim), np.float32), "claude", WEAK)
 
 
 def test_mf_scores_explain_its_win_rates(fitted: dict) -> None:
     _, test = mmlu_split()
     router = fitted["mf"]
-    vectors = embeddings_for(test)[:30]
+    vectors = inputs_for(router, test)[:30]
     scores = router.model_scores_from_embeddings(vectors)
     s, w = router.models.index(STRONG), router.models.index(WEAK)
     expected = 1 / (1 + np.exp(-(scores[:, s] - scores[:, w])))
@@ -105,7 +112,7 @@ def test_mf_scores_explain_its_win_rates(fitted: dict) -> None:
 def test_sw_ranking_batches_equal_single_queries(fitted: dict) -> None:
     _, test = mmlu_split()
     router = fitted["sw_ranking"]
-    vectors = embeddings_for(test)[:12]
+    vectors = inputs_for(router, test)[:12]
     batched = router.win_rate_from_embeddings(vectors)
     single = np.concatenate([router.win_rate_from_embeddings(v[None]) for v in vectors])
     np.testing.assert_allclose(batched, single, atol=1e-6)
@@ -125,7 +132,7 @@ def test_sw_ranking_sparse_sums_match_dense(fitted: dict, monkeypatch) -> None:
 
     _, test = mmlu_split()
     router = fitted["sw_ranking"]
-    vectors = embeddings_for(test)[:40]
+    vectors = inputs_for(router, test)[:40]
     dense = router.model_scores_from_embeddings(vectors)
     monkeypatch.setattr(sw_ranking, "DENSE_LIMIT", 0)
     router._prepare()

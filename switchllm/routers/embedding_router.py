@@ -5,21 +5,32 @@ card) and the vector size (`embedding_dim`), and refuses to run on vectors from 
 vectors from two embedding models live in unrelated spaces, so mixing them routes at random
 without any visible error.
 
-Every method that takes prompts has a `*_from_embeddings` twin taking a precomputed
-(n, dim) float32 matrix, so evaluation and the server can embed a batch once and ask several
-routers or pairs.
+With `text_features` > 0 the router's input for a prompt is its embedding followed by a few
+cheap text features (`switchllm.routers.text_features`: length, numbers, lines, words),
+standardised on the training prompts and scaled by `text_features`. Embeddings say what a prompt
+is about; the features add how big and how numeric it is, which tracks difficulty within a topic
+(5-fold CV APGR, GPT-4 vs Mixtral, knn: GSM8K 0.613 -> 0.647, MMLU 0.673 -> 0.685). Similarity
+between inputs (knn, sw_ranking) is then cosine similarity of the embeddings minus half the
+squared distance of the scaled features: for unit embeddings, 1 - |x - x'|^2 / 2 of the whole
+input vector, so the weight trades feature distance against topic distance.
+
+Every method that takes prompts has a `*_from_embeddings` twin taking a precomputed input matrix
+(`router.embed(prompts)`, or `router.embed(prompts, embeddings)` to add the text features to
+embedding-model vectors you already have), so evaluation and the server can embed a batch once
+and ask several routers or pairs.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from switchllm.errors import CardError, DataError
 from switchllm.routers.base import Router
+from switchllm.routers.text_features import FEATURE_NAMES, TextFeatureScaler
 
 if TYPE_CHECKING:
     from switchllm.data.battles import Battles
@@ -27,18 +38,23 @@ if TYPE_CHECKING:
 
 
 class EmbeddingRouter(Router):
-    """A router whose only input is the prompt's embedding."""
+    """A router whose input is the prompt's embedding (plus, optionally, text features)."""
 
     #: True when win_rate(q, a, b) == sigmoid(score_a - score_b) of `model_scores`: one
     #: scoring pass then answers every pair (used to validate on many pairs at once)
     scores_are_logits: ClassVar[bool] = False
 
-    def __init__(self, embedding_model: str | None = None) -> None:
+    def __init__(self, embedding_model: str | None = None, text_features: float = 0.0) -> None:
         from switchllm.embeddings import LOCAL_MODEL
 
         super().__init__()
         self.embedding_model = embedding_model or LOCAL_MODEL
-        self.embedding_dim = 0  # set by fit / the card; 0 = not trained
+        # scale of the standardised text features appended to the embedding; 0 = none
+        self.text_features = float(text_features)
+        if not np.isfinite(self.text_features) or self.text_features < 0:
+            raise ValueError(f"text_features must be >= 0, got {text_features}")
+        self.embedding_dim = 0  # embedding-model dimension, set by fit / the card; 0 = untrained
+        self._feature_scaler: TextFeatureScaler | None = None
         # Save training-prompt vectors as references into the shipped embedding store (text
         # keys) instead of copies: the shipped default cards share the store's vectors.
         self.share_shipped_embeddings = False
@@ -60,32 +76,82 @@ class EmbeddingRouter(Router):
                 f"not {embedder.name!r}; embed with {self.embedding_model!r} or retrain"
             )
 
-    def embed(self, prompts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """Prompts -> (n, dim) float32 vectors from this router's embedding model."""
+    @property
+    def n_text_features(self) -> int:
+        return len(FEATURE_NAMES) if self.text_features > 0 else 0
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the router's input vectors: embedding plus text features."""
+        return self.embedding_dim + self.n_text_features
+
+    def embed(self, prompts: Sequence[str], embeddings: np.ndarray | None = None,
+              progress: bool = False) -> np.ndarray:
+        """Prompts -> the router's (n, input_dim) float32 input vectors: their embeddings from
+        this router's embedding model (or the given precomputed `embeddings`, one row per
+        prompt), followed by the scaled text features when `text_features` > 0."""
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
                 raise DataError(f"prompt {i} is {type(prompt).__name__}, not text")
-        vectors = self.embedder().embed(list(prompts), progress=progress)
-        return self.check_embeddings(vectors)
+        if embeddings is None:
+            embeddings = self.embedder().embed(list(prompts), progress=progress)
+        embeddings = self._check_matrix(embeddings, self.embedding_dim, "embeddings")
+        if len(embeddings) != len(prompts):
+            raise DataError(f"{len(embeddings)} embeddings for {len(prompts)} prompts")
+        return self._with_text_features(prompts, embeddings)
+
+    def _with_text_features(self, prompts: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+        if self._feature_scaler is None:
+            return embeddings
+        features = self._feature_scaler.transform(prompts) * np.float32(self.text_features)
+        return np.hstack([embeddings, features]).astype(np.float32)
 
     def check_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
-        """Validate a precomputed matrix: 2-D, the trained dimension, float32."""
-        embeddings = np.asarray(embeddings, dtype=np.float32)
-        if embeddings.ndim != 2:
-            raise DataError(f"embeddings must be a 2-D matrix, got shape {embeddings.shape}")
+        """Validate a precomputed input matrix (`embed`'s output): 2-D, float32, the trained
+        width."""
+        return self._check_matrix(embeddings, self.input_dim, "input vectors")
+
+    def _check_matrix(self, matrix: np.ndarray, width: int, what: str) -> np.ndarray:
+        matrix = np.asarray(matrix, dtype=np.float32)
+        if matrix.ndim != 2:
+            raise DataError(f"{what} must be a 2-D matrix, got shape {matrix.shape}")
         if not self.embedding_dim:
             raise CardError(f"the {self.kind} router is not trained: call fit() first")
-        if embeddings.shape[1] != self.embedding_dim:
+        if matrix.shape[1] != width:
+            extra = (f" plus {self.n_text_features} text features (use router.embed(prompts, "
+                     "embeddings) to add them)" if self.n_text_features else "")
             raise CardError(
                 f"the {self.kind} router was trained on {self.embedding_dim}-dimensional "
-                f"{self.embedding_model!r} embeddings, got {embeddings.shape[1]} dimensions"
+                f"{self.embedding_model!r} embeddings{extra}: {what} need {width} columns, got "
+                f"{matrix.shape[1]}"
             )
-        return embeddings
+        return matrix
+
+    def similarity(self, queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+        """(Q, R) similarity of input vectors: embedding cosine minus half the squared distance
+        of the text features (for unit embeddings, 1 - |x - x'|^2 / 2)."""
+        d = self.embedding_dim
+        sims = queries[:, :d] @ references[:, :d].T
+        if self.n_text_features:
+            q, r = queries[:, d:], references[:, d:]
+            squared = ((q * q).sum(axis=1)[:, None] + (r * r).sum(axis=1)[None, :]
+                       - 2.0 * (q @ r.T))
+            sims -= 0.5 * np.maximum(squared, 0.0)
+        return sims
+
+    def card_precision(self, vectors: np.ndarray) -> np.ndarray:
+        """Input vectors as a card stores them (embeddings in float16): rounding at fit time
+        makes a loaded card answer exactly like the router that saved it."""
+        out = np.array(vectors, dtype=np.float32)
+        d = self.embedding_dim
+        out[:, :d] = out[:, :d].astype(np.float16).astype(np.float32)
+        return out
 
     # ---- the Router interface, via embeddings ----------------------------------------------
     def fit(self, battles: Battles, embeddings: np.ndarray | None = None,
             progress: bool = False) -> EmbeddingRouter:
-        """Learn from `battles`; `embeddings` (one row per `battles.prompts`) skips embedding."""
+        """Learn from `battles`; `embeddings` (the embedding model's vectors, one row per
+        `battles.prompts`, without text features) skips embedding."""
         if len(battles) == 0:
             raise DataError("no battles to train on")
         if embeddings is None:
@@ -95,10 +161,15 @@ class EmbeddingRouter(Router):
             raise DataError(
                 f"{embeddings.shape[0]} embeddings for {len(battles.prompts)} prompts"
             )
+        if embeddings.ndim != 2:
+            raise DataError(f"embeddings must be a 2-D matrix, got shape {embeddings.shape}")
         self.embedding_dim = int(embeddings.shape[1])
         self.models = list(battles.models)
         self._prompt_keys = _text_keys(battles.prompts)
-        self._fit_embeddings(battles, embeddings, progress=progress)
+        self._feature_scaler = (TextFeatureScaler.fit(battles.prompts)
+                                if self.text_features > 0 else None)
+        inputs = self._with_text_features(battles.prompts, embeddings)
+        self._fit_embeddings(battles, inputs, progress=progress)
         return self
 
     def win_rate(
@@ -117,7 +188,7 @@ class EmbeddingRouter(Router):
     def win_rate_from_embeddings(
         self, embeddings: np.ndarray, strong: str | None = None, weak: str | None = None
     ) -> np.ndarray:
-        """P(strong beats weak) for each row of a precomputed (n, dim) embedding matrix."""
+        """P(strong beats weak) for each row of a precomputed input matrix (`embed`)."""
         strong, weak = self.resolve_pair(strong, weak)
         embeddings = self.check_embeddings(embeddings)
         index = {m: i for i, m in enumerate(self.models)}
@@ -125,14 +196,15 @@ class EmbeddingRouter(Router):
         return np.clip(np.asarray(rates, dtype=np.float64), 0.0, 1.0)
 
     def model_scores_from_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
-        """Per-model scores (n, len(models)) for a precomputed embedding matrix."""
+        """Per-model scores (n, len(models)) for a precomputed input matrix (`embed`)."""
         return np.asarray(self._model_scores(self.check_embeddings(embeddings)), np.float64)
 
     # ---- what subclasses implement ---------------------------------------------------------
     @abstractmethod
     def _fit_embeddings(self, battles: Battles, embeddings: np.ndarray,
                         progress: bool = False) -> None:
-        """Learn from battles whose prompts have the given (L2-normalised) embeddings."""
+        """Learn from battles whose prompts have the given input vectors (L2-normalised
+        embeddings, then any text features)."""
 
     @abstractmethod
     def _win_rate(self, embeddings: np.ndarray, strong: int, weak: int) -> np.ndarray:
@@ -143,28 +215,63 @@ class EmbeddingRouter(Router):
         """Per-model scores per embedding row."""
 
     # ---- persistence -----------------------------------------------------------------------
+    @classmethod
+    def from_card(cls, card: dict[str, Any], tensors: dict[str, np.ndarray]) -> Router:
+        # cards written before text features existed have no such parameter: they used none
+        params = card.get("params", {})
+        if "text_features" in cls.params and "text_features" not in params:
+            card = {**card, "params": {**params, "text_features": 0.0}}
+        return super().from_card(card, tensors)
+
     def _get_state(self) -> dict[str, np.ndarray]:
-        return {"embedding_dim": np.array([self.embedding_dim], dtype=np.int64)}
+        state = {"embedding_dim": np.array([self.embedding_dim], dtype=np.int64)}
+        if self._feature_scaler is not None:
+            state["text_feature_mean"] = self._feature_scaler.mean
+            state["text_feature_std"] = self._feature_scaler.std
+        return state
 
     def _set_state(self, tensors: dict[str, np.ndarray]) -> None:
         if "embedding_dim" not in tensors:
             raise CardError(f"{self.kind} router card has no 'embedding_dim' tensor")
         self.embedding_dim = int(tensors["embedding_dim"][0])
+        self._feature_scaler = None
+        if self.text_features > 0:
+            mean, std = require(tensors, self.kind, "text_feature_mean", "text_feature_std")
+            if mean.shape != (len(FEATURE_NAMES),) or std.shape != mean.shape:
+                raise CardError(f"{self.kind} router card has {mean.shape} text-feature "
+                                f"statistics; this switchllm computes {len(FEATURE_NAMES)}")
+            self._feature_scaler = TextFeatureScaler(mean, std)
 
     def _prompt_vectors_state(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
-        """Training-prompt vectors for the card: float16 copies, or with
-        `share_shipped_embeddings` and every prompt in the shipped store, only their keys."""
+        """Training-prompt input vectors for the card: embeddings as float16 copies, or with
+        `share_shipped_embeddings` and every prompt in the shipped store, only their keys;
+        text features (small) as float32 copies."""
         from switchllm.embeddings import shipped_store
 
         store = shipped_store(self.embedding_model)
         keys = self._prompt_keys
+        d = self.embedding_dim
+        state = {}
+        if self.n_text_features:
+            state["prompt_features"] = np.ascontiguousarray(vectors[:, d:], dtype=np.float32)
         if (self.share_shipped_embeddings and store is not None and keys is not None
                 and all(store.get(k.tobytes()) is not None for k in keys)):
-            return {"prompt_keys": keys}
-        return {"prompt_vectors": vectors.astype(np.float16)}
+            return {**state, "prompt_keys": keys}
+        return {**state, "prompt_vectors": vectors[:, :d].astype(np.float16)}
 
     def _load_prompt_vectors(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
-        """The training-prompt vectors of a card, inline or from the shipped store."""
+        """The training-prompt input vectors of a card: embeddings inline or from the shipped
+        store, then any text features."""
+        embeddings = self._load_prompt_embeddings(tensors)
+        if not self.n_text_features:
+            return embeddings
+        (features,) = require(tensors, self.kind, "prompt_features")
+        if features.shape != (len(embeddings), self.n_text_features):
+            raise CardError(f"{self.kind} router card has prompt_features of shape "
+                            f"{features.shape} for {len(embeddings)} prompts")
+        return np.ascontiguousarray(np.hstack([embeddings, features]), dtype=np.float32)
+
+    def _load_prompt_embeddings(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
         from switchllm.embeddings import shipped_store
 
         if "prompt_vectors" in tensors:

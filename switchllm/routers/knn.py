@@ -13,6 +13,12 @@ average is smoothed toward the pair's global win rate p0 with `smoothing` pseudo
     win rate = (sum_j w_j v_j + smoothing * p0) / (sum_j w_j + smoothing).
 p0 is the pair's observed rate over all training battles, or, if the two never met, the
 Bradley-Terry estimate from all battles.
+
+By default similarity also counts prompt text features (`text_features=0.1`, see
+`EmbeddingRouter`): a neighbour of the same topic but a very different length or amount of
+numbers counts less. 5-fold CV APGR (GPT-4 vs Mixtral): GSM8K 0.613 -> 0.639, MMLU 0.673 ->
+0.681; held-out MT-Bench did not drop (0.60 -> 0.62). Larger weights help CV more (0.25: GSM8K
+0.647, MMLU 0.685) but hurt MT-Bench when trained on the mixed shipped sets.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ if TYPE_CHECKING:
 
 class KNNRouter(EmbeddingRouter):
     kind = "knn"
-    params = ("k", "temperature", "smoothing", "batch_size")
+    params = ("k", "temperature", "smoothing", "batch_size", "text_features")
 
     def __init__(self, k: int = 256, temperature: float = 0.15, smoothing: float = 2.0,
-                 batch_size: int = 256, embedding_model: str | None = None) -> None:
-        super().__init__(embedding_model)
+                 batch_size: int = 256, embedding_model: str | None = None,
+                 text_features: float = 0.1) -> None:
+        super().__init__(embedding_model, text_features)
         self.k = int(k)  # neighbours per query
         self.temperature = float(temperature)  # similarity softmax; large = plain average
         self.smoothing = float(smoothing)  # pseudo-neighbours at the global win rate
@@ -52,7 +59,7 @@ class KNNRouter(EmbeddingRouter):
     def _fit_embeddings(self, battles: Battles, embeddings: np.ndarray,
                         progress: bool = False) -> None:
         # stored as float16 on the card: round now so a loaded card answers identically
-        self._prompt_vectors = embeddings.astype(np.float16).astype(np.float32)
+        self._prompt_vectors = self.card_precision(embeddings)
         self._outcomes = PromptPairOutcomes.from_battles(battles)
         self._prepare()
 
@@ -73,7 +80,7 @@ class KNNRouter(EmbeddingRouter):
     # ---- neighbours ----------------------------------------------------------------------------
     def _neighbours(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(indices, weights) of the k nearest training prompts; weights sum to k per row."""
-        sims = queries @ self._prompt_vectors.T
+        sims = self.similarity(queries, self._prompt_vectors)
         k = min(self.k, sims.shape[1])
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         top = np.take_along_axis(sims, idx, axis=1)

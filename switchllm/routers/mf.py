@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 
 class MFRouter(EmbeddingRouter):
     kind = "mf"
-    params = ("dim", "epochs", "batch_size", "lr", "weight_decay", "noise", "seed")
+    params = ("dim", "epochs", "batch_size", "lr", "weight_decay", "noise", "seed",
+              "text_features")
     scores_are_logits = True
 
     def __init__(self, dim: int = 64, epochs: int = 30, batch_size: int = 256,
                  lr: float = 1e-3, weight_decay: float = 1e-4, noise: float = 0.05,
-                 seed: int = 0, embedding_model: str | None = None) -> None:
-        super().__init__(embedding_model)
+                 seed: int = 0, embedding_model: str | None = None,
+                 text_features: float = 0.0) -> None:
+        super().__init__(embedding_model, text_features)
         self.dim = int(dim)  # latent size of v_m and the projected prompt
         self.epochs = int(epochs)  # passes over the battles
         self.batch_size = int(batch_size)

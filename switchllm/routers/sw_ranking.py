@@ -32,12 +32,13 @@ DENSE_LIMIT = 5_000_000
 
 class SWRankingRouter(EmbeddingRouter):
     kind = "sw_ranking"
-    params = ("gamma", "reg", "n_iter", "batch_size")
+    params = ("gamma", "reg", "n_iter", "batch_size", "text_features")
     scores_are_logits = True
 
     def __init__(self, gamma: float = 1000.0, reg: float = 1.0, n_iter: int = 6,
-                 batch_size: int = 128, embedding_model: str | None = None) -> None:
-        super().__init__(embedding_model)
+                 batch_size: int = 128, embedding_model: str | None = None,
+                 text_features: float = 0.0) -> None:
+        super().__init__(embedding_model, text_features)
         self.gamma = float(gamma)  # weight contrast: most similar prompt counts gamma x the least
         self.reg = float(reg)  # L2 prior on ratings, in (weighted) battles
         self.n_iter = int(n_iter)  # Newton steps per batch
@@ -51,7 +52,7 @@ class SWRankingRouter(EmbeddingRouter):
     def _fit_embeddings(self, battles: Battles, embeddings: np.ndarray,
                         progress: bool = False) -> None:
         # stored as float16 on the card: round now so a loaded card answers identically
-        self._prompt_vectors = embeddings.astype(np.float16).astype(np.float32)
+        self._prompt_vectors = self.card_precision(embeddings)
         self._outcomes = PromptPairOutcomes.from_battles(battles)
         self._prepare()
 
@@ -81,7 +82,7 @@ class SWRankingRouter(EmbeddingRouter):
     def _ratings(self, queries: np.ndarray) -> np.ndarray:
         outcomes = self._outcomes
         assert outcomes is not None
-        sims = queries @ self._prompt_vectors.T  # (Q, prompts)
+        sims = self.similarity(queries, self._prompt_vectors)  # (Q, prompts)
         max_sim = np.maximum(sims.max(axis=1, keepdims=True), 1e-6)
         # gamma^(1 + s/max_s), shifted by the row maximum for numerical range (the scale
         # cancels in the normalisation below)

@@ -11,7 +11,6 @@ a temporary cache that is deleted afterwards, so the shared cache is not touched
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -37,18 +36,19 @@ import numpy as np  # noqa: E402
 
 # run from a checkout: import this checkout's switchllm, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-DATA = Path(os.environ.get("SWITCHLLM_SHARED_DATA", "/work/shared/data"))
 
 
 def chat_prompts(limit: int) -> list[str]:
-    prompts: list[str] = []
-    for line in (DATA / "arena-hard-v1" / "scores.jsonl").read_text().splitlines():
-        prompts.append(json.loads(line)["prompt"])
-    for line in (DATA / "routellm" / "mt_bench" / "question.jsonl").read_text().splitlines():
-        prompts.append(json.loads(line)["turns"][0])
-    prompts += [d["question"] for d in json.loads((DATA / "llmrouter" / "test.json").read_text())]
+    """Real user prompts from the shipped sets (MT-Bench turn 1, Arena-Hard, LLMRouter's test
+    questions; median about 200 characters), shuffled with a fixed seed."""
+    from switchllm.data.benchmarks import load_benchmark
+
+    prompts = [p for name in ("mt-bench", "arena-hard", "llmrouter")
+               for p in load_benchmark(name).prompts]
+    order = np.random.default_rng(0).permutation(len(prompts))
+    prompts = [prompts[i] for i in order]
     if len(prompts) < limit:
-        raise SystemExit(f"only {len(prompts)} prompts found under {DATA}")
+        raise SystemExit(f"only {len(prompts)} shipped chat prompts; use --batch {len(prompts)}")
     return prompts[:limit]
 
 

@@ -393,6 +393,40 @@ class PromptPairOutcomes:
         return wins, counts
 
 
+class PromptMemoryRouter(EmbeddingRouter):
+    """An embedding router that keeps its training prompts' vectors and their battle outcomes
+    (`PromptPairOutcomes`) and answers from the prompts most similar to the query: knn and
+    sw_ranking. Subclasses set up their search structures in `_prepare`."""
+
+    def __init__(self, embedding_model: str | None = None, text_features: float = 0.0) -> None:
+        super().__init__(embedding_model, text_features)
+        self._prompt_vectors = np.zeros((0, 0), dtype=np.float32)
+        self._outcomes: PromptPairOutcomes | None = None
+
+    def _fit_embeddings(self, battles: Battles, embeddings: np.ndarray,
+                        progress: bool = False) -> None:
+        # stored as float16 on the card: round now so a loaded card answers identically
+        self._prompt_vectors = self.card_precision(embeddings)
+        self._outcomes = PromptPairOutcomes.from_battles(battles)
+        self._prepare()
+
+    @abstractmethod
+    def _prepare(self) -> None:
+        """Derive search structures from `_prompt_vectors` and `_outcomes` (after fit/load)."""
+
+    def _get_state(self) -> dict[str, np.ndarray]:
+        assert self._outcomes is not None, "fit the router before saving it"
+        return {**super()._get_state(),
+                **self._prompt_vectors_state(self._prompt_vectors),
+                **self._outcomes.state()}
+
+    def _set_state(self, tensors: dict[str, np.ndarray]) -> None:
+        super()._set_state(tensors)
+        self._prompt_vectors = self._load_prompt_vectors(tensors)
+        self._outcomes = PromptPairOutcomes.from_state(tensors, len(self.models), self.kind)
+        self._prepare()
+
+
 def bradley_terry(
     wins: np.ndarray, counts: np.ndarray, incidence: np.ndarray, reg: float = 1.0,
     n_iter: int = 10,

@@ -23,21 +23,12 @@ numbers counts less. 5-fold CV APGR (GPT-4 vs Mixtral): GSM8K 0.613 -> 0.639, MM
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from switchllm.routers.embedding_router import (
-    EmbeddingRouter,
-    PromptPairOutcomes,
-    bradley_terry,
-)
-
-if TYPE_CHECKING:
-    from switchllm.data.battles import Battles
+from switchllm.routers.embedding_router import PromptMemoryRouter, bradley_terry
 
 
-class KNNRouter(EmbeddingRouter):
+class KNNRouter(PromptMemoryRouter):
     kind = "knn"
     params = ("k", "temperature", "smoothing", "batch_size", "text_features")
 
@@ -51,17 +42,8 @@ class KNNRouter(EmbeddingRouter):
         self.batch_size = int(batch_size)
         if self.k < 1 or self.temperature <= 0 or self.smoothing < 0:
             raise ValueError("knn needs k >= 1, temperature > 0 and smoothing >= 0")
-        self._prompt_vectors = np.zeros((0, 0), dtype=np.float32)
-        self._outcomes: PromptPairOutcomes | None = None
         self._global_ratings = np.zeros(0)
         self._model_rate = np.zeros((0, 0))  # (prompts, models) mean result, NaN = no battle
-
-    def _fit_embeddings(self, battles: Battles, embeddings: np.ndarray,
-                        progress: bool = False) -> None:
-        # stored as float16 on the card: round now so a loaded card answers identically
-        self._prompt_vectors = self.card_precision(embeddings)
-        self._outcomes = PromptPairOutcomes.from_battles(battles)
-        self._prepare()
 
     def _prepare(self) -> None:
         outcomes = self._outcomes
@@ -129,16 +111,3 @@ class KNNRouter(EmbeddingRouter):
                 (total + self.smoothing * self._global_model_rate)
                 / (w.sum(axis=1) + self.smoothing))
         return out
-
-    # ---- persistence -------------------------------------------------------------------------
-    def _get_state(self) -> dict[str, np.ndarray]:
-        assert self._outcomes is not None, "fit the router before saving it"
-        return {**super()._get_state(),
-                **self._prompt_vectors_state(self._prompt_vectors),
-                **self._outcomes.state()}
-
-    def _set_state(self, tensors: dict[str, np.ndarray]) -> None:
-        super()._set_state(tensors)
-        self._prompt_vectors = self._load_prompt_vectors(tensors)
-        self._outcomes = PromptPairOutcomes.from_state(tensors, len(self.models), self.kind)
-        self._prepare()

@@ -13,24 +13,15 @@ by a few batched Newton steps (`bradley_terry`). Nothing is fitted per query in 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from switchllm.routers.embedding_router import (
-    EmbeddingRouter,
-    PromptPairOutcomes,
-    bradley_terry,
-)
-
-if TYPE_CHECKING:
-    from switchllm.data.battles import Battles
+from switchllm.routers.embedding_router import PromptMemoryRouter, bradley_terry
 
 # prompts x model pairs up to which the per-pair sums are kept as dense matrices (2 x 4 bytes)
 DENSE_LIMIT = 5_000_000
 
 
-class SWRankingRouter(EmbeddingRouter):
+class SWRankingRouter(PromptMemoryRouter):
     kind = "sw_ranking"
     params = ("gamma", "reg", "n_iter", "batch_size", "text_features")
     scores_are_logits = True
@@ -45,16 +36,7 @@ class SWRankingRouter(EmbeddingRouter):
         self.batch_size = int(batch_size)  # queries solved together (memory: batch x rows)
         if self.gamma <= 1.0:
             raise ValueError(f"gamma must be > 1, got {gamma}")
-        self._prompt_vectors = np.zeros((0, 0), dtype=np.float32)
-        self._outcomes: PromptPairOutcomes | None = None
         self._dense: tuple[np.ndarray, np.ndarray] | None = None
-
-    def _fit_embeddings(self, battles: Battles, embeddings: np.ndarray,
-                        progress: bool = False) -> None:
-        # stored as float16 on the card: round now so a loaded card answers identically
-        self._prompt_vectors = self.card_precision(embeddings)
-        self._outcomes = PromptPairOutcomes.from_battles(battles)
-        self._prepare()
 
     def _prepare(self) -> None:
         """Dense (prompts, pairs) win/battle matrices when small enough: the weighted sums are
@@ -106,15 +88,3 @@ class SWRankingRouter(EmbeddingRouter):
 
     def _model_scores(self, embeddings: np.ndarray) -> np.ndarray:
         return self.ratings_from_embeddings(embeddings)
-
-    def _get_state(self) -> dict[str, np.ndarray]:
-        assert self._outcomes is not None, "fit the router before saving it"
-        return {**super()._get_state(),
-                **self._prompt_vectors_state(self._prompt_vectors),
-                **self._outcomes.state()}
-
-    def _set_state(self, tensors: dict[str, np.ndarray]) -> None:
-        super()._set_state(tensors)
-        self._prompt_vectors = self._load_prompt_vectors(tensors)
-        self._outcomes = PromptPairOutcomes.from_state(tensors, len(self.models), self.kind)
-        self._prepare()

@@ -228,9 +228,7 @@ def train_router(
     started = time.perf_counter()
     stages = tqdm(total=3, desc=f"train {kind}", unit="stage", disable=not progress)
     stages.set_postfix_str("fit")
-    fit_kwargs = {"progress": progress} if "progress" in inspect.signature(
-        router.fit).parameters else {}
-    router.fit(train, **fit_kwargs)
+    router.fit(train, progress=progress)
     router.default_pair = choose_default_pair(battles, strong_model, weak_model)
     stages.update(1)
     stages.set_postfix_str("validate")

@@ -23,7 +23,7 @@ class DigitRouter(Router):
     kind = "digit"
     fits: list[set[str]] = []
 
-    def fit(self, battles: Battles) -> "DigitRouter":
+    def fit(self, battles: Battles, progress: bool = False) -> "DigitRouter":
         DigitRouter.fits.append(set(battles.prompts))
         has_digit = np.array([any(c.isdigit() for c in p) for p in battles.prompts])
         flag = has_digit[battles.prompt_idx].astype(int)

@@ -109,7 +109,8 @@ def _cv_win_rates(kind: str, params: dict[str, Any], benchmark: Benchmark, rows:
     battles = benchmark.to_battles()
     out = np.empty(len(rows))
     for k in range(folds):
-        router = router_class(kind)(**params).fit(battles.select_prompts(fold != k))
+        router = router_class(kind)(**params).fit(battles.select_prompts(fold != k),
+                                                  progress=True)
         held_out = fold[rows] == k
         prompts = [benchmark.prompts[i] for i in rows[held_out]]
         out[held_out] = win_rates(router, prompts, strong, weak, settings.batch_size,
@@ -133,7 +134,7 @@ def router_win_rates(spec: str, benchmark: Benchmark, rows: np.ndarray, strong: 
     if settings.mode == "leave-out":
         exclude = leave_out_exclusions(benchmark.name)
         battles = router_training_battles(exclude, strong, weak)
-        router = router_class(kind)(**params).fit(battles)
+        router = router_class(kind)(**params).fit(battles, progress=True)
         return (f"{spec} (leave-out)",
                 win_rates(router, prompts, strong, weak, settings.batch_size, desc=spec))
     raise SwitchLLMError(f"unknown evaluation mode {settings.mode!r}; known: {', '.join(MODES)}")

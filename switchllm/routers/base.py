@@ -53,8 +53,9 @@ class Router(ABC):
         self.card_info: dict[str, Any] = {}  # fingerprint, validation metrics, calibration...
 
     # ---- the interface -------------------------------------------------------------------
-    def fit(self, battles: Battles) -> Router:
-        """Learn from pairwise battles. Returns self. Routers that learn nothing ignore it."""
+    def fit(self, battles: Battles, progress: bool = False) -> Router:
+        """Learn from pairwise battles (with a progress bar if `progress`). Returns self.
+        Routers that learn nothing ignore it."""
         return self
 
     @abstractmethod

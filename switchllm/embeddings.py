@@ -9,6 +9,7 @@ text is never embedded twice. Vectors are float32 and L2-normalised.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import threading
@@ -230,7 +231,16 @@ def default_cache_dir() -> Path:
 
 
 class CachedEmbedder(Embedder):
-    """Wraps an embedder with the shipped store and a persistent on-disk cache."""
+    """Wraps an embedder with the shipped store and a persistent on-disk cache.
+
+    New vectors are written in shards of at least `FLUSH_ROWS` rows (or after `FLUSH_SECONDS`,
+    and at exit), not one file per call: a server embedding one prompt per request would
+    otherwise pay a file write per request and pile up tiny files. Loading compacts a cache
+    of more than `COMPACT_SHARDS` shards into one."""
+
+    FLUSH_ROWS = 256
+    FLUSH_SECONDS = 30.0
+    COMPACT_SHARDS = 32
 
     def __init__(self, inner: Embedder, cache_dir: Path | None = None,
                  use_shipped: bool = True) -> None:
@@ -245,12 +255,20 @@ class CachedEmbedder(Embedder):
             if shipped is not None:
                 self.store.add_store(shipped)
         self.cache_dir = (cache_dir or default_cache_dir()) / "embeddings" / slug
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+        self._last_flush = time.monotonic()
+        loaded: list[Path] = []
         if self.cache_dir.is_dir():
             for shard in sorted(self.cache_dir.glob("*.safetensors")):
                 try:
                     self.store.load_file(shard)
+                    loaded.append(shard)
                 except Exception:  # noqa: BLE001 - a torn shard is only a cache miss
                     continue
+        if len(loaded) > self.COMPACT_SHARDS:
+            self._compact(loaded)
+        atexit.register(self.flush)
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         keys = [text_key(t) for t in texts]
@@ -265,13 +283,38 @@ class CachedEmbedder(Embedder):
             key_array = np.frombuffer(b"".join(unique), dtype=np.uint8).reshape(-1, KEY_BYTES)
             with self._lock:
                 self.store.add(key_array, new)
-                self._write_shard(key_array, new)
+                self._pending.append((key_array, new))
+                self._pending_rows += len(new)
+                due = (self._pending_rows >= self.FLUSH_ROWS
+                       or time.monotonic() - self._last_flush >= self.FLUSH_SECONDS)
+            if due:
+                self.flush()
             found = [self.store.get(k) for k in keys]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.asarray(np.stack(found), dtype=np.float32)
 
-    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+    def flush(self) -> None:
+        """Write the vectors embedded since the last flush to the on-disk cache."""
+        with self._lock:
+            pending, self._pending, self._pending_rows = self._pending, [], 0
+            self._last_flush = time.monotonic()
+        if pending:
+            self._write_shard(np.concatenate([k for k, _ in pending]),
+                              np.concatenate([v for _, v in pending]))
+
+    def _compact(self, shards: list[Path]) -> None:
+        keys = [np.frombuffer(k, dtype=np.uint8) for k in self.store._index]
+        rows = [self.store.get(k.tobytes()) for k in keys]
+        shipped = shipped_store(self.name)
+        own = [i for i, k in enumerate(keys)
+               if shipped is None or shipped.get(k.tobytes()) is None]
+        if own and self._write_shard(np.stack([keys[i] for i in own]),
+                                     np.stack([rows[i] for i in own])):
+            for shard in shards:
+                shard.unlink(missing_ok=True)
+
+    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> bool:
         from safetensors.numpy import save_file
 
         try:
@@ -282,7 +325,8 @@ class CachedEmbedder(Embedder):
                        "vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(tmp))
             tmp.replace(final)
         except OSError:
-            pass  # an unwritable cache costs speed, never correctness
+            return False  # an unwritable cache costs speed, never correctness
+        return True
 
 
 _EMBEDDERS: dict[str, Embedder] = {}

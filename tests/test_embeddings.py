@@ -66,7 +66,10 @@ def test_openai_compatible_endpoint_and_persistent_cache(embeddings_server, tmp_
     assert sorted(sent) == ["alpha", "beta", "gamma"]  # duplicates embedded once
     assert all(r["auth"] == "Bearer sk-secret-123" for r in _EmbeddingsHandler.requests)
 
-    # A new process (new embedder) reads the on-disk cache: no request reaches the server.
+    # Small calls are written in batches (at the latest at exit); then a new process (a new
+    # embedder) reads the on-disk cache and no request reaches the server.
+    assert not list(tmp_path.rglob("*.safetensors"))
+    first.flush()
     _EmbeddingsHandler.requests = []
     second = CachedEmbedder(
         OpenAIEmbedder("text-embedding-3-small", base_url=embeddings_server,
@@ -98,3 +101,24 @@ def test_local_default_model_embeds_offline(tmp_path):
     assert vectors.shape == (3, 384)
     similar, different = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
     assert similar > different + 0.2
+
+
+def test_cache_shards_are_batched_and_compacted(embeddings_server, tmp_path):
+    def embedder() -> CachedEmbedder:
+        return CachedEmbedder(OpenAIEmbedder("m", base_url=embeddings_server), cache_dir=tmp_path,
+                              use_shipped=False)
+
+    first = embedder()
+    for i in range(CachedEmbedder.FLUSH_ROWS + 1):  # one prompt per call, like a server
+        first.embed([f"prompt {i}"])
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1  # one shard, not one per call
+    for i in range(CachedEmbedder.COMPACT_SHARDS):
+        many = embedder()
+        many.embed([f"other {i}"])
+        many.flush()
+    assert len(list(tmp_path.rglob("*.safetensors"))) == CachedEmbedder.COMPACT_SHARDS + 1
+    compacted = embedder()  # loading compacts into one shard holding everything
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1
+    _EmbeddingsHandler.requests = []
+    compacted.embed(["prompt 0", f"prompt {CachedEmbedder.FLUSH_ROWS - 1}", "other 3"])
+    assert _EmbeddingsHandler.requests == []

@@ -408,7 +408,27 @@ class PromptMemoryRouter(EmbeddingRouter):
         # stored as float16 on the card: round now so a loaded card answers identically
         self._prompt_vectors = self.card_precision(embeddings)
         self._outcomes = PromptPairOutcomes.from_battles(battles)
+        self._split_memory()
         self._prepare()
+
+    def _split_memory(self) -> None:
+        # Contiguous copies of the embedding and feature columns: a matrix product on a column
+        # slice of the stored vectors copies the whole memory on every call.
+        d = self.embedding_dim
+        self._memory_embeddings = np.ascontiguousarray(self._prompt_vectors[:, :d])
+        self._memory_features = np.ascontiguousarray(self._prompt_vectors[:, d:])
+        self._memory_feature_norms = (self._memory_features ** 2).sum(axis=1)
+
+    def memory_similarity(self, queries: np.ndarray) -> np.ndarray:
+        """`similarity(queries, training prompts)`, from the cached contiguous columns."""
+        d = self.embedding_dim
+        sims = queries[:, :d] @ self._memory_embeddings.T
+        if self.n_text_features:
+            q = queries[:, d:]
+            squared = ((q * q).sum(axis=1)[:, None] + self._memory_feature_norms[None, :]
+                       - 2.0 * (q @ self._memory_features.T))
+            sims -= 0.5 * np.maximum(squared, 0.0)
+        return sims
 
     @abstractmethod
     def _prepare(self) -> None:
@@ -424,6 +444,7 @@ class PromptMemoryRouter(EmbeddingRouter):
         super()._set_state(tensors)
         self._prompt_vectors = self._load_prompt_vectors(tensors)
         self._outcomes = PromptPairOutcomes.from_state(tensors, len(self.models), self.kind)
+        self._split_memory()
         self._prepare()
 
 

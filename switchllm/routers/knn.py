@@ -46,6 +46,7 @@ class KNNRouter(PromptMemoryRouter):
         self._model_rate = np.zeros((0, 0))  # (prompts, models) mean result, NaN = no battle
 
     def _prepare(self) -> None:
+        self._pair_cache: dict[tuple[int, int], tuple[np.ndarray, float]] = {}
         outcomes = self._outcomes
         assert outcomes is not None
         starts = outcomes.pair_start[:-1]
@@ -62,7 +63,7 @@ class KNNRouter(PromptMemoryRouter):
     # ---- neighbours ----------------------------------------------------------------------------
     def _neighbours(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(indices, weights) of the k nearest training prompts; weights sum to k per row."""
-        sims = self.similarity(queries, self._prompt_vectors)
+        sims = self.memory_similarity(queries)
         k = min(self.k, sims.shape[1])
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         top = np.take_along_axis(sims, idx, axis=1)
@@ -73,6 +74,12 @@ class KNNRouter(PromptMemoryRouter):
 
     def _pair_values(self, strong: int, weak: int) -> tuple[np.ndarray, float]:
         """Per training prompt, the value a neighbour contributes (NaN: none), and p0."""
+        cached = self._pair_cache.get((strong, weak))
+        if cached is None:
+            cached = self._pair_cache[(strong, weak)] = self._compute_pair_values(strong, weak)
+        return cached
+
+    def _compute_pair_values(self, strong: int, weak: int) -> tuple[np.ndarray, float]:
         assert self._outcomes is not None
         prompts, wins, counts = self._outcomes.pair_rows(strong, weak)
         estimate = 0.5 + 0.5 * (self._model_rate[:, strong] - self._model_rate[:, weak])

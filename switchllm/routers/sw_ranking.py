@@ -64,7 +64,7 @@ class SWRankingRouter(PromptMemoryRouter):
     def _ratings(self, queries: np.ndarray) -> np.ndarray:
         outcomes = self._outcomes
         assert outcomes is not None
-        sims = self.similarity(queries, self._prompt_vectors)  # (Q, prompts)
+        sims = self.memory_similarity(queries)  # (Q, prompts)
         max_sim = np.maximum(sims.max(axis=1, keepdims=True), 1e-6)
         # gamma^(1 + s/max_s), shifted by the row maximum for numerical range (the scale
         # cancels in the normalisation below)

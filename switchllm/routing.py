@@ -19,8 +19,6 @@ import numpy as np
 from switchllm.routers import Router, load_router
 from switchllm.serving_config import ModelNameError, RouteRequest, check_threshold
 
-SMALL_BATCH = 16  # below this many prompts, router compute uses one torch thread
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -129,7 +127,7 @@ class MicroBatcher:
         work.add_done_callback(lambda done: self._finish(loop, batch, done))
 
     def _compute(self, batch: list) -> list[float]:
-        self._set_threads(len(batch))
+        self._set_threads()
         # Group by pair: one win_rate call per distinct (strong, weak), nearly always just one.
         results: list[float] = [0.0] * len(batch)
         groups: dict[tuple[str | None, str | None], list[int]] = {}
@@ -144,15 +142,17 @@ class MicroBatcher:
                 results[i] = float(rate)
         return results
 
-    def _set_threads(self, batch_size: int) -> None:
-        """Torch threads for this batch. Measured on 2 cores: with torch's default 2 threads a
-        single MiniLM embedding took ~1 s (its threads fight the event loop) instead of ~16 ms
-        with 1; for batches of 64 two threads gave 137 req/s against 83. So: one thread for
-        small batches, all cores for big ones, unless `torch_threads` fixes the number."""
+    def _set_threads(self) -> None:
+        """Torch threads for router compute: `torch_threads` if set, else all cores. Measured on an
+        idle 2-core host (bench/server.py, mf): 2 threads add 7.9 ms p50 at concurrency 1 and
+        serve 269 req/s at 64 clients, against 12.5 ms and 245 req/s with 1 thread for small
+        batches. On a host busy with other work, oversubscribed threads spin against each
+        other (a single embedding took ~1 s with 2 threads on a loaded 2-core machine): set
+        `router_threads: 1` there."""
         torch = sys.modules.get("torch")
         if torch is None:
             return
-        wanted = self.torch_threads or (1 if batch_size < SMALL_BATCH else (os.cpu_count() or 1))
+        wanted = self.torch_threads or (os.cpu_count() or 1)
         if wanted != self._threads:
             torch.set_num_threads(wanted)
             self._threads = wanted

@@ -94,7 +94,7 @@ class ServingConfig:
     backoff: float = 0.05  # seconds, doubled per retry
     max_body_bytes: int = 4 * 1024 * 1024
     batch_window_ms: float = 1.0
-    router_threads: int = 0  # torch threads for router compute; 0: 1 for small batches, else all
+    router_threads: int = 0  # torch threads for router compute; 0: all cores
     api_keys: list[str] = field(default_factory=list, repr=False)
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False

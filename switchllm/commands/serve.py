@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-window-ms", type=float, default=None,
                         help="how long to collect requests into one router call (default 1)")
     parser.add_argument("--router-threads", type=int, default=None,
-                        help="torch threads for router compute (default: 1 for batches "
-                        "under 16 prompts, all cores for bigger ones)")
+                        help="torch threads for router compute (default: all cores; use 1 on "
+                        "a host busy with other work)")
 
 
 def config_from_args(args: argparse.Namespace):  # -> ServingConfig

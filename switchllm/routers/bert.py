@@ -209,16 +209,9 @@ class BertRouter(Router):
                 w = w_all[idx].to(self._device)
                 losses = torch.nn.functional.binary_cross_entropy_with_logits(
                     logits, y_all[idx].to(self._device), reduction="none")
-                loss = (losses * w).sum() / w.sum().clamp(min=1e-12)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                batch_loss, batch_weight = loss.item(), w.sum().item()
+                batch_loss, batch_weight = tu.weighted_step(losses, w, optimizer, scheduler, bar)
                 total += batch_loss * batch_weight
                 weight_sum += batch_weight
-                bar.update(1)
-                bar.set_postfix(loss=f"{batch_loss:.4f}")
             epoch_losses.append(total / max(weight_sum, 1e-12))
         bar.close()
         self._encoder.eval()

@@ -316,16 +316,9 @@ class CausalLLMRouter(Router):
                 target = target_t[batch].to(self._device)
                 w = weight_t[batch].to(self._device)
                 losses = -(target * log_probs).sum(dim=-1)
-                loss = (losses * w).sum() / w.sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                batch_loss, batch_weight = loss.item(), w.sum().item()
+                batch_loss, batch_weight = tu.weighted_step(losses, w, optimizer, scheduler, bar)
                 total += batch_loss * batch_weight
                 weight_sum += batch_weight
-                bar.update(1)
-                bar.set_postfix(loss=f"{batch_loss:.4f}")
             epoch_losses.append(total / weight_sum)
         bar.close()
         self._model.eval()

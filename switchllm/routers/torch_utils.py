@@ -274,6 +274,21 @@ def linear_warmup_decay(optimizer: Any, total_steps: int, warmup_fraction: float
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def weighted_step(losses: torch.Tensor, weights: torch.Tensor, optimizer: Any, scheduler: Any,
+                  bar: Any) -> tuple[float, float]:
+    """One optimisation step on the weighted mean of per-example `losses`, reported on the
+    progress bar. Returns (mean loss, total weight) for the epoch's running mean."""
+    loss = (losses * weights).sum() / weights.sum().clamp(min=1e-12)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    value = loss.item()
+    bar.update(1)
+    bar.set_postfix(loss=f"{value:.4f}")
+    return value, weights.sum().item()
+
+
 def seed_torch(seed: int) -> None:
     import torch
 

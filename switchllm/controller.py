@@ -12,7 +12,7 @@ RouteLLM's controller (change `from routellm.controller import Controller` to
 `route()` which only decides. Responses are the `openai` package's own types.
 
 Upstreams: `api_base`/`api_key` apply to both models; otherwise a serving YAML config (see
-switchllm.serving_config) or a RouteLLM/litellm-style provider prefix ("groq/llama3-8b-8192",
+switchllm.serving.config) or a RouteLLM/litellm-style provider prefix ("groq/llama3-8b-8192",
 "anyscale/...", "together_ai/...", "ollama_chat/...") picks the endpoint, and plain names go to
 OpenAI ($OPENAI_BASE_URL / $OPENAI_API_KEY).
 """
@@ -30,16 +30,18 @@ from typing import Any
 import numpy as np
 
 from switchllm.errors import SwitchLLMError
-from switchllm.routing import RouterSet, choose, router_pair
-from switchllm.serving_config import (
+from switchllm.serving import (
     ModelNameError,
     ModelSpec,
     RouteRequest,
+    RouterSet,
     build_config,
     check_threshold,
+    choose,
     load_yaml,
     parse_router_model,
     prompt_text,
+    router_pair,
     routers_from,
 )
 

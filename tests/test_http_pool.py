@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from switchllm.http_pool import ConnectError, HTTPPool, Target
+from switchllm.serving.http_pool import ConnectError, HTTPPool, Target
 from tests.serving_fixtures import FakeUpstream
 
 

@@ -14,10 +14,10 @@ import openai
 import pytest
 
 from switchllm import routers as router_registry
-from switchllm.decision_log import read_records
 from switchllm.routers import load_router
-from switchllm.server import create_app
-from switchllm.serving_config import build_config
+from switchllm.serving.config import build_config
+from switchllm.serving.decision_log import read_records
+from switchllm.serving.server import create_app
 from tests.serving_fixtures import FakeUpstream, KeywordRouter, ServerThread, free_port
 
 WEATHER_TOOL = {
@@ -414,7 +414,7 @@ def test_decision_log_records_every_request(server: ServerThread, client: openai
 
 
 def test_micro_batcher_makes_one_router_call_for_concurrent_requests() -> None:
-    from switchllm.routing import MicroBatcher
+    from switchllm.serving.routing import MicroBatcher
 
     router = KeywordRouter(keywords=["proof"])
 

@@ -9,7 +9,7 @@ import pytest
 
 from switchllm import routers as router_registry
 from switchllm.cli import main
-from switchllm.decision_log import DecisionLog, DecisionRecord
+from switchllm.serving.decision_log import DecisionLog, DecisionRecord
 from tests.serving_fixtures import KeywordRouter
 
 
@@ -143,7 +143,7 @@ def test_serve_command_end_to_end(tmp_path: Path) -> None:
         out, err = process.communicate(timeout=10)
         upstream.stop()
     assert f"http://127.0.0.1:{port}/v1" in out
-    from switchllm.decision_log import read_records
+    from switchllm.serving.decision_log import read_records
 
     rows = list(read_records(tmp_path / "log.sqlite"))  # flushed at shutdown
     assert [(r["router"], r["model"], r["status"]) for r in rows] == [("random", "strong", 200)]

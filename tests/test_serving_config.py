@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from switchllm.commands import serve
-from switchllm.serving_config import (
+from switchllm.serving.config import (
     ConfigError,
     ModelNameError,
     RouteRequest,
@@ -113,7 +113,7 @@ def test_serve_flags_routellm_compatible(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.parametrize("step", [1, 3, 1000])
 def test_chunk_decoder_any_split(step: int) -> None:
-    from switchllm.http_pool import _ChunkDecoder
+    from switchllm.serving.http_pool import _ChunkDecoder
 
     body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n"
     decoder = _ChunkDecoder()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from switchllm.errors import DataError, SwitchLLMError
-from switchllm.serving_config import DEFAULT_LOG_PATH, prompt_text
+from switchllm.serving import DEFAULT_LOG_PATH, prompt_text
 
 BATCH = 256
 
@@ -68,7 +68,7 @@ def threshold_for(rates: np.ndarray, strong_pct: float) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from switchllm.routers import load_router
-    from switchllm.routing import router_pair
+    from switchllm.serving import router_pair
 
     if not 0.0 <= args.strong_pct <= 1.0:
         raise SwitchLLMError(f"--strong-pct must be in [0, 1], got {args.strong_pct}")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             prompts = read_prompts(args.prompts)
             source = args.prompts
         else:
-            from switchllm.decision_log import logged_prompts
+            from switchllm.serving import logged_prompts
 
             prompts = logged_prompts(args.log)
             source = f"the decision log {args.log}"

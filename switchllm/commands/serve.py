@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from switchllm.serving_config import DEFAULT_LOG_PATH, DEFAULT_PORT
+from switchllm.serving import DEFAULT_LOG_PATH, DEFAULT_PORT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):  # -> ServingConfig
-    from switchllm.serving_config import build_config, client_api_keys
+    from switchllm.serving import build_config, client_api_keys
 
     overrides = {
         "host": args.host, "port": args.port, "timeout": args.timeout, "retries": args.retries,
@@ -62,7 +62,7 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from switchllm.server import create_app
+    from switchllm.serving import create_app
 
     config = config_from_args(args)
     app = create_app(config)

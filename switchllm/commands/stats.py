@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from switchllm.serving_config import DEFAULT_LOG_PATH
+from switchllm.serving import DEFAULT_LOG_PATH
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from switchllm.decision_log import read_records
+    from switchllm.serving import read_records
 
     records = list(read_records(args.log))
     if not records:

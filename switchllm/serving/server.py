@@ -17,24 +17,24 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from switchllm.decision_log import DecisionLog, DecisionRecord
-from switchllm.http_pool import HTTPPoolError
-from switchllm.metrics_prom import ServerMetrics
-from switchllm.routing import AsyncRouting, Decision, RouterSet
-from switchllm.serving_config import (
+from switchllm.serving.config import (
     ModelNameError,
     ServingConfig,
     content_text,
     parse_router_model,
     prompt_text,
 )
-from switchllm.upstream import OpenStream, StreamState, UpstreamError, Upstreams
+from switchllm.serving.decision_log import DecisionLog, DecisionRecord
+from switchllm.serving.http_pool import HTTPPoolError
+from switchllm.serving.metrics import ServerMetrics
+from switchllm.serving.routing import AsyncRouting, Decision, RouterSet
+from switchllm.serving.upstream import OpenStream, StreamState, UpstreamError, Upstreams
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-log = logging.getLogger("switchllm.server")
+log = logging.getLogger("switchllm.serving.server")
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [

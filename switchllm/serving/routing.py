@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from switchllm.routers import Router, load_router
-from switchllm.serving_config import ModelNameError, RouteRequest, check_threshold
+from switchllm.serving.config import ModelNameError, RouteRequest, check_threshold
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from switchllm.http_pool import HTTPPool, HTTPPoolError, ReadTimeout, StreamResponse, Target
-from switchllm.serving_config import ModelSpec
+from switchllm.serving.config import ModelSpec
+from switchllm.serving.http_pool import HTTPPool, HTTPPoolError, ReadTimeout, StreamResponse, Target
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
 MAX_RETRY_AFTER_S = 2.0

@@ -126,21 +126,32 @@ class MicroBatcher:
         work = loop.run_in_executor(self._executor, self._compute, batch)
         work.add_done_callback(lambda done: self._finish(loop, batch, done))
 
-    def _compute(self, batch: list) -> list[float]:
+    def _compute(self, batch: list) -> list[float | Exception]:
         self._set_threads()
         # Group by pair: one win_rate call per distinct (strong, weak), nearly always just one.
-        results: list[float] = [0.0] * len(batch)
+        results: list[float | Exception] = [0.0] * len(batch)
         groups: dict[tuple[str | None, str | None], list[int]] = {}
         for i, (_, pair, _) in enumerate(batch):
             groups.setdefault(pair, []).append(i)
         for pair, indices in groups.items():
-            rates = np.asarray(
-                self.router.win_rate([batch[i][0] for i in indices], pair[0], pair[1]),
-                dtype=float,
-            ).reshape(-1)
+            try:
+                rates = self._rates([batch[i][0] for i in indices], pair)
+            except Exception:  # noqa: BLE001 - isolate the request that broke the batch
+                if len(indices) == 1:
+                    raise
+                for i in indices:
+                    try:
+                        results[i] = self._rates([batch[i][0]], pair)[0]
+                    except Exception as exc:  # noqa: BLE001 - this request alone fails
+                        results[i] = exc
+                continue
             for i, rate in zip(indices, rates, strict=True):
-                results[i] = float(rate)
+                results[i] = rate
         return results
+
+    def _rates(self, prompts: list[str], pair: tuple[str | None, str | None]) -> list[float]:
+        rates = self.router.win_rate(prompts, pair[0], pair[1])
+        return [float(r) for r in np.asarray(rates, dtype=float).reshape(-1)]
 
     def _set_threads(self) -> None:
         """Torch threads for router compute: `torch_threads` if set, else all cores. Measured on an
@@ -168,7 +179,10 @@ class MicroBatcher:
                 future.set_exception(error)
             elif rates is not None:
                 rate = rates[i]
-                future.set_result(rate if math.isfinite(rate) else 0.0)
+                if isinstance(rate, Exception):
+                    future.set_exception(rate)
+                else:
+                    future.set_result(rate if math.isfinite(rate) else 0.0)
         if self._pending and not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._start_batch, loop)

@@ -408,15 +408,49 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
+MAX_JSON_DEPTH = 64
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_json(value: Any, where: str = "body", depth: int = 0) -> None:
+    """Reject what would break later, for this request only: nesting deeper than
+    MAX_JSON_DEPTH and lone UTF-16 surrogates (valid JSON escapes that no UTF-8 encoder, tokenizer
+    or upstream accepts). Walks containers only; each string is checked by one C-level encode."""
+    if depth > MAX_JSON_DEPTH:
+        raise HTTPError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPError(
+                400, f"{where} contains a lone UTF-16 surrogate, which is not valid text"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, where, depth + 1)
+            _check_json(item, f"{where}.{key}" if where != "body" else key, depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]", depth + 1)
+
+
 def _parse_request(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise HTTPError(400, "request body is empty; send a JSON chat completion request")
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(payload, dict):
         raise HTTPError(400, "request body must be a JSON object")
+    _check_json(payload)
+    if not isinstance(payload.get("stream", False), bool | None):
+        raise HTTPError(400, "'stream' must be true or false", param="stream")
     messages = payload.get("messages")
     if messages is None:
         raise HTTPError(400, "'messages' is required", param="messages", code="missing_required")

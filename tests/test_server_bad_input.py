@@ -1,0 +1,106 @@
+"""One bad request never affects another: malformed input gets a 4xx for that request alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Sequence
+
+import httpx
+import numpy as np
+import pytest
+
+from switchllm.serving import build_config, create_app
+from switchllm.serving.routing import MicroBatcher
+from tests.serving_fixtures import FakeUpstream, KeywordRouter, ServerThread
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, FakeUpstream]]:
+    upstream = FakeUpstream().start()
+    config = build_config(
+        routers={"random": "random"}, strong_model="strong", weak_model="weak",
+        base_url=upstream.base_url,
+        overrides={"log_path": str(tmp_path_factory.mktemp("log") / "d.sqlite"), "retries": 0},
+    )
+    thread = ServerThread(create_app(config)).start()
+    yield thread, upstream
+    thread.stop()
+    upstream.stop()
+
+
+def post_raw(server: ServerThread, raw: bytes) -> httpx.Response:
+    return httpx.post(server.url + "/v1/chat/completions", content=raw, timeout=10,
+                      headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        # a lone surrogate is a valid JSON escape but not text
+        (b'{"model": "router-random-0.5", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+         "messages[0].content contains a lone UTF-16 surrogate"),
+        (b'{"model": "weak", "messages": [{"role": "user", "content": "hi"}], "user": "\\udc00"}',
+         "user contains a lone UTF-16 surrogate"),
+        (b'{"model": "weak", "messages": [{"role": "user", "content": "hi"}], "x": '
+         + b"[" * 1000 + b"]" * 1000 + b"}", "nests deeper than 64 levels"),
+        (b'{"model": "weak", "messages": [{"role": "user", "content": "hi"}], '
+         b'"temperature": NaN}', "NaN is not a JSON number"),
+        (b'{"model": "weak", "messages": [{"role": "user", "content": "hi"}], '
+         b'"temperature": -Infinity}', "-Infinity is not a JSON number"),
+        (b'{"model": "weak", "messages": [{"role": "user", "content": "hi"}], "stream": "false"}',
+         "'stream' must be true or false"),
+        (b'{"model": "weak", "messages": [{"role": "user", "content": "hi"}], "stream": [null]}',
+         "'stream' must be true or false"),
+    ],
+)
+def test_malformed_request_gets_a_400_naming_the_problem(
+    server: tuple[ServerThread, FakeUpstream], raw: bytes, says: str
+) -> None:
+    thread, upstream = server
+    upstream.reset()
+    response = post_raw(thread, raw)
+    assert response.status_code == 400
+    assert says in response.json()["error"]["message"]
+    assert upstream.seen == []  # nothing was sent upstream
+
+
+def test_surrogate_pairs_are_ordinary_text(server: tuple[ServerThread, FakeUpstream]) -> None:
+    thread, upstream = server
+    upstream.reset()
+    body = json.dumps({"model": "router-random-0.5",
+                       "messages": [{"role": "user", "content": "smile \U0001F600"}]})
+    assert "\\ud83d\\ude00" in body  # the client escaped the emoji as a surrogate pair
+    response = post_raw(thread, body.encode())
+    assert response.status_code == 200
+    assert upstream.seen[0].body["messages"][0]["content"] == "smile \U0001F600"
+
+
+class FragileRouter(KeywordRouter):
+    """Fails any batch that holds the prompt 'poison', as a tokenizer fails on bad text."""
+
+    def win_rate(self, prompts: Sequence[str], strong: str | None = None,
+                 weak: str | None = None) -> np.ndarray:
+        if "poison" in prompts:
+            raise UnicodeEncodeError("utf-8", "poison", 0, 1, "surrogates not allowed")
+        return super().win_rate(prompts, strong, weak)
+
+
+def test_a_request_that_breaks_the_router_fails_alone() -> None:
+    router = FragileRouter(keywords=["proof"])
+
+    async def main() -> list[object]:
+        batcher = MicroBatcher(router, window_s=0.005)
+        prompts = ["a proof", "poison", "hello"] * 4
+        try:
+            return await asyncio.gather(*(batcher.win_rate(p, (None, None)) for p in prompts),
+                                        return_exceptions=True)
+        finally:
+            batcher.close()
+
+    results = asyncio.run(main())
+    for prompt, result in zip(["a proof", "poison", "hello"] * 4, results, strict=True):
+        if prompt == "poison":
+            assert isinstance(result, UnicodeEncodeError)
+        else:
+            assert result == (0.9 if prompt == "a proof" else 0.1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 from switchllm.serving.config import ModelSpec
 from switchllm.serving.http_pool import HTTPPool, HTTPPoolError, ReadTimeout, StreamResponse, Target
 
+_KEY_LIKE = re.compile(r"[\w\-.*]{6,}")  # a word that could hold a (masked) key
+_MASK = re.compile(r"\*+|\.\.\.")  # how providers mask the middle of a key
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
 MAX_RETRY_AFTER_S = 2.0
 
@@ -122,10 +125,25 @@ class Upstreams:
 
     # ---- secrets ------------------------------------------------------------------------
     def redact(self, text: str) -> str:
+        """`text` without our upstream keys, whole or in part: providers echo a masked key
+        ("Incorrect API key provided: sk-proj-abcd****wxyz"), whose fragments are secret too."""
+        if not self._secrets:
+            return text
         for secret in self._secrets:
-            if secret and secret in text:
+            if secret in text:
                 text = text.replace(secret, "[redacted]")
-        return text
+        return _KEY_LIKE.sub(lambda m: self._redact_token(m.group()), text)
+
+    def _redact_token(self, token: str) -> str:
+        parts = [p.strip(".") for p in _MASK.split(token) if len(p.strip(".")) >= 4]
+        masked = len(parts) < len(_MASK.split(token)) or "*" in token
+        for secret in self._secrets:
+            for part in parts:
+                # a masked key shows its first and last characters; a long run anywhere is a leak
+                edge = secret.startswith(part) or secret.endswith(part)
+                if (edge and (masked or len(part) >= 6)) or (len(part) >= 8 and part in secret):
+                    return "[redacted]"
+        return token
 
     def _redact_body(self, body: Any) -> Any:
         if not self._secrets:

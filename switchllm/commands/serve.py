@@ -4,6 +4,7 @@ for many upstream models)."""
 from __future__ import annotations
 
 import argparse
+import signal
 
 from switchllm.serving import DEFAULT_LOG_PATH, DEFAULT_PORT
 
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=None,
                         help=f"decision log SQLite path (default {DEFAULT_LOG_PATH})")
     parser.add_argument("--no-log", action="store_true", help="do not write a decision log")
+    parser.add_argument("--log-flush-ms", type=float, default=None, metavar="MS",
+                        help="decision-log write interval (default 200; SIGHUP writes at once; "
+                             "a SIGKILL loses at most this much)")
     parser.add_argument("--log-prompts", action="store_true",
                         help="store prompt texts in the decision log (for calibrate --from-log)")
     parser.add_argument("--timeout", type=float, default=None, help="upstream timeout, seconds")
@@ -48,6 +52,7 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
         "api_keys": client_api_keys(args.api_keys) or None,
         "log_path": args.log,
         "log_prompts": True if args.log_prompts else None,
+        "log_flush_ms": args.log_flush_ms,
     }
     config = build_config(
         config_path=args.config, routers=args.routers, strong_model=args.strong_model,
@@ -72,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     if not config.api_keys and config.host not in ("127.0.0.1", "localhost", "::1"):
         print("switchllm: warning: listening beyond loopback without client API keys "
               "(--api-keys)")
+    if app.log is not None:
+        # SIGHUP would otherwise kill the server unflushed; here it writes the log and serves on.
+        signal.signal(signal.SIGHUP, lambda *_: app.log.flush_now())
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
                 access_log=False, lifespan="on", timeout_keep_alive=30)
     return 0

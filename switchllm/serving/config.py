@@ -98,6 +98,7 @@ class ServingConfig:
     api_keys: list[str] = field(default_factory=list, repr=False)
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False
+    log_flush_ms: float = 200.0  # decision-log write interval: what a SIGKILL can lose at most
 
     def __post_init__(self) -> None:
         for role, name in (("strong_model", self.strong_model), ("weak_model", self.weak_model)):
@@ -108,6 +109,8 @@ class ServingConfig:
             raise ConfigError(f"strong and weak model are the same: {self.strong_model!r}")
         if not self.routers:
             raise ConfigError("no routers configured (use --routers)")
+        if not 1.0 <= self.log_flush_ms <= 60_000.0:
+            raise ConfigError(f"log flush_ms must be in [1, 60000], got {self.log_flush_ms}")
         if not 0.0 <= self.batch_window_ms <= 100.0:
             raise ConfigError(f"batch_window_ms must be in [0, 100], got {self.batch_window_ms}")
 
@@ -326,6 +329,8 @@ def build_config(
         kwargs["log_path"] = None if log["path"] in (None, False, "") else str(log["path"])
     if "prompts" in log:
         kwargs["log_prompts"] = bool(log["prompts"])
+    if "flush_ms" in log:
+        kwargs["log_flush_ms"] = _typed(log["flush_ms"], float, f"{where}: log.flush_ms")
     for key, value in (overrides or {}).items():
         if value is not None:
             kwargs[key] = value

@@ -7,6 +7,7 @@ a tuple on a queue.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -66,7 +67,9 @@ _INSERT = f"INSERT INTO decisions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' 
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (creating it readable by its owner only: it may hold prompts) the log at `path`."""
     try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         connection = sqlite3.connect(str(path), check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(SCHEMA)
@@ -77,7 +80,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
 
 class DecisionLog:
     """Batched background writer. `record` only appends to a deque (no lock hand-off, no
-    thread wake-up per request); the writer thread drains it every `flush_s` seconds."""
+    thread wake-up per request); the writer thread drains it every `flush_s` seconds, at once
+    on `flush_now()` (the server calls it on SIGHUP), and on `close()`. A SIGKILL loses at most
+    the last `flush_s` seconds of rows."""
 
     def __init__(
         self, path: str | Path, *, log_prompts: bool = False, flush_s: float = 0.2,
@@ -90,6 +95,7 @@ class DecisionLog:
         self.dropped = 0
         self._pending: deque[tuple] = deque()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         connect(self.path).close()  # fail at start-up, not on the first request
         self._thread = threading.Thread(target=self._run, name="switchllm-log", daemon=True)
         self._thread.start()
@@ -113,14 +119,22 @@ class DecisionLog:
     def _run(self) -> None:
         connection = connect(self.path)
         try:
-            while not self._stop.wait(self.flush_s):
+            while not self._stop.is_set():
+                self._wake.wait(self.flush_s)
+                self._wake.clear()
                 self._drain(connection)
             self._drain(connection)
         finally:
             connection.close()
 
+    def flush_now(self) -> None:
+        """Write what is pending now rather than at the next interval (safe in a signal handler:
+        it only sets an event)."""
+        self._wake.set()
+
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)
 
 

@@ -86,7 +86,8 @@ class SwitchServer:
         )
         self.metrics = ServerMetrics()
         self.log = (
-            DecisionLog(config.log_path, log_prompts=config.log_prompts)
+            DecisionLog(config.log_path, log_prompts=config.log_prompts,
+                        flush_s=config.log_flush_ms / 1000)
             if config.log_path
             else None
         )

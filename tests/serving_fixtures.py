@@ -36,6 +36,8 @@ class Behaviour:
     reply: str = "Hello from the upstream"
     chunk_delay_s: float = 0.0  # pause between stream events
     echo_auth: bool = False  # put the Authorization header in error messages (leak tests)
+    payload: dict[str, Any] | None = None  # answer with this JSON instead (malformed upstreams)
+    events: list[bytes] | None = None  # stream these SSE events instead
 
 
 @dataclass
@@ -119,6 +121,8 @@ class FakeUpstream:
     def answer(self, body: dict[str, Any]) -> dict[str, Any]:
         model = str(body.get("model"))
         b = self.behaviour(model)
+        if b.payload is not None:
+            return b.payload
         n = int(body.get("n") or 1)
         choices = []
         for i in range(n):
@@ -143,6 +147,8 @@ class FakeUpstream:
     def stream_events(self, body: dict[str, Any]) -> list[bytes]:
         model = str(body.get("model"))
         b = self.behaviour(model)
+        if b.events is not None:
+            return b.events
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
                 "model": model + "-upstream-version"}
 

@@ -104,3 +104,72 @@ def test_a_request_that_breaks_the_router_fails_alone() -> None:
             assert isinstance(result, UnicodeEncodeError)
         else:
             assert result == (0.9 if prompt == "a proof" else 0.1)
+
+
+# ---- malformed upstream answers: the caller gets the other model, or a clean answer -----------
+def _chunk(choices: object, usage: object = None) -> bytes:
+    event: dict[str, object] = {"id": "c", "object": "chat.completion.chunk", "choices": choices}
+    if usage is not None:
+        event["usage"] = usage
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+HI = {"model": "router-random-0", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("payload", [
+    {"id": "x", "choices": 5},
+    {"id": "x", "choices": ["text"]},
+    ["not", "an", "object"],
+])
+def test_malformed_upstream_answer_falls_back(server: tuple[ServerThread, FakeUpstream],
+                                              payload: object) -> None:
+    thread, upstream = server
+    upstream.reset()
+    upstream.behaviour("strong").payload = payload  # type: ignore[assignment]
+    response = httpx.post(thread.url + "/v1/chat/completions", json=HI, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["model"] == "weak"
+    assert response.headers["x-switchllm-fallback"] == "true"
+
+
+def test_malformed_stream_event_before_first_token_falls_back(
+    server: tuple[ServerThread, FakeUpstream],
+) -> None:
+    thread, upstream = server
+    upstream.reset()
+    upstream.behaviour("strong").events = [_chunk(5), b"data: [DONE]\n\n"]
+    response = httpx.post(thread.url + "/v1/chat/completions", json={**HI, "stream": True},
+                          timeout=10)
+    assert response.status_code == 200
+    assert '"model":"weak"' in response.text and "error" not in response.text
+
+
+def test_bad_usage_figures_keep_the_answer(server: tuple[ServerThread, FakeUpstream]) -> None:
+    thread, upstream = server
+    for usage in ("lots", {"prompt_tokens": -5, "completion_tokens": "many"}):
+        upstream.reset()
+        upstream.behaviour("strong").payload = {
+            "id": "x", "object": "chat.completion", "model": "s", "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+        }
+        response = httpx.post(thread.url + "/v1/chat/completions", json=HI, timeout=10)
+        assert response.status_code == 200 and response.json()["model"] == "strong"
+
+
+def test_complete_stream_without_done_ends_cleanly(
+    server: tuple[ServerThread, FakeUpstream],
+) -> None:
+    thread, upstream = server
+    upstream.reset()
+    upstream.behaviour("strong").events = [
+        _chunk([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]),
+        _chunk([{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]),
+    ]
+    response = httpx.post(thread.url + "/v1/chat/completions", json={**HI, "stream": True},
+                          timeout=10)
+    assert response.status_code == 200
+    assert "error" not in response.text
+    assert response.text.rstrip().endswith("data: [DONE]")
+    assert '"content":"Hel"' in response.text and '"content":"lo"' in response.text

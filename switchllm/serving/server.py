@@ -28,7 +28,13 @@ from switchllm.serving.decision_log import DecisionLog, DecisionRecord
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
 from switchllm.serving.routing import AsyncRouting, Decision, RouterSet
-from switchllm.serving.upstream import OpenStream, StreamState, UpstreamError, Upstreams
+from switchllm.serving.upstream import (
+    OpenStream,
+    StreamState,
+    UpstreamError,
+    Upstreams,
+    token_count,
+)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -257,8 +263,10 @@ class SwitchServer:
             await _send_json(send, exc.status, _upstream_error_body(exc), headers)
             return
         self.metrics.upstream_seconds.labels(result.model).observe(result.upstream_s)
-        usage = result.payload.get("usage") or {}
-        tokens = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
+        usage = result.payload.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        tokens = (token_count(usage.get("prompt_tokens")),
+                  token_count(usage.get("completion_tokens")))
         headers += [(b"x-switchllm-model", result.model.encode()),
                     (b"x-switchllm-fallback", b"true" if result.fell_back else b"false")]
         await _send_json(send, 200, result.payload, headers)
@@ -373,10 +381,6 @@ class SwitchServer:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     too_big = HTTPError(
         413, f"request body is larger than the server's limit of {limit} bytes",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import re
 import time
@@ -61,15 +62,21 @@ class StreamState:
     completion_tokens: int | None = None
     content_chunks: int = 0
 
+    finished: bool = False  # a choice reported its finish_reason
+
     def observe(self, event: dict[str, Any]) -> None:
         usage = event.get("usage")
         if isinstance(usage, dict):
-            self.prompt_tokens = _int(usage.get("prompt_tokens"))
-            self.completion_tokens = _int(usage.get("completion_tokens"))
+            self.prompt_tokens = token_count(usage.get("prompt_tokens"))
+            self.completion_tokens = token_count(usage.get("completion_tokens"))
         for choice in event.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
             if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
                 self.content_chunks += 1
+            if choice.get("finish_reason"):
+                self.finished = True
 
 
 @dataclass
@@ -85,8 +92,21 @@ class OpenStream:
     first_token_s: float = 0.0
 
 
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+def token_count(value: Any) -> int | None:
+    """A usage figure as the upstream reported it, or None when it is not a count (a string,
+    a negative or non-finite number): bad usage must not break the answer or its log row."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _malformed(payload: dict[str, Any]) -> str | None:
+    """What makes an upstream answer unusable for a client, or None."""
+    choices = payload.get("choices")
+    if choices is not None and not (isinstance(choices, list)
+                                    and all(isinstance(c, dict) for c in choices)):
+        return "'choices' that is not a list of objects"
+    return None
 
 
 class Upstreams:
@@ -228,11 +248,12 @@ class Upstreams:
                         payload = json.loads(response.body)
                     except ValueError:
                         payload = None
-                    if isinstance(payload, dict):
+                    problem = ("a response that is not a JSON object"
+                               if not isinstance(payload, dict) else _malformed(payload))
+                    if problem is None:
                         return payload, attempt + 1
                     error = UpstreamError(
-                        502, f"upstream model {model!r} sent a response that is not JSON",
-                        retry=True,
+                        502, f"upstream model {model!r} sent {problem}", retry=True,
                     )
                 else:
                     error = self._status_error(
@@ -364,7 +385,10 @@ async def _relay(
                 yield event
     finally:
         await response.aclose()
-    if not done:
+    if not done and state.finished:
+        # Some upstreams end a complete stream without the sentinel; OpenAI clients expect it.
+        yield b"data: [DONE]\n\n"
+    elif not done:
         raise UpstreamError(
             502, f"upstream model {model!r} ended the stream without [DONE]",
             code="upstream_stream_error", retry=True,
@@ -394,6 +418,10 @@ def _rewrite_event(
                 502, f"upstream model {model!r} reported an error mid-stream: "
                 f"{redact(str(message))}", code="upstream_stream_error", retry=True,
             )
+        problem = _malformed(event)
+        if problem is not None:
+            raise UpstreamError(502, f"upstream model {model!r} sent a stream event with "
+                                f"{problem}", code="upstream_stream_error", retry=True)
         event["model"] = model
         state.observe(event)
     data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()

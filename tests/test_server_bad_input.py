@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from switchllm.serving import build_config, create_app
+from switchllm.serving import build_config, create_app, read_records
 from switchllm.serving.routing import MicroBatcher
 from tests.serving_fixtures import FakeUpstream, KeywordRouter, ServerThread
 
@@ -173,3 +175,31 @@ def test_complete_stream_without_done_ends_cleanly(
     assert "error" not in response.text
     assert response.text.rstrip().endswith("data: [DONE]")
     assert '"content":"Hel"' in response.text and '"content":"lo"' in response.text
+
+
+def test_a_departed_client_costs_no_fallback_call_and_is_logged_as_gone(
+    tmp_path: Path,
+) -> None:
+    upstream = FakeUpstream().start()
+    log_path = tmp_path / "d.sqlite"
+    config = build_config(
+        routers={"random": "random"}, strong_model="strong", weak_model="weak",
+        base_url=upstream.base_url,
+        overrides={"log_path": str(log_path), "retries": 0, "log_flush_ms": 10},
+    )
+    upstream.behaviour("strong").delay_s = 1.0
+    upstream.behaviour("strong").fail_status = 500  # would fall back to weak after a second
+    thread = ServerThread(create_app(config)).start()
+    try:
+        for stream in (False, True):
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(thread.url + "/v1/chat/completions", json={**HI, "stream": stream},
+                           timeout=0.3)
+        time.sleep(1.5)
+        assert [s.model for s in upstream.seen] == ["strong", "strong"]  # no fallback calls
+    finally:
+        thread.stop()
+        upstream.stop()
+    rows = list(read_records(log_path))
+    assert [(r["status"], r["cost_usd"], r["stream"]) for r in rows] == [
+        (499, None, 0), (499, None, 1)]

@@ -222,6 +222,9 @@ class HTTPPool:
             except TimeoutError:
                 conn.close()
                 raise ReadTimeout("upstream did not answer in time") from None
+            except asyncio.CancelledError:
+                conn.close()  # half a request in flight: the connection cannot be reused
+                raise
             except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as exc:
                 conn.close()
                 # A kept-alive connection the peer had already closed: retry once on a new one.

@@ -10,12 +10,13 @@ response headers together with the router's win rate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from switchllm.serving.config import (
     ModelNameError,
@@ -38,6 +39,7 @@ from switchllm.serving.upstream import (
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+T = TypeVar("T")
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 log = logging.getLogger("switchllm.serving.server")
@@ -257,7 +259,11 @@ class SwitchServer:
             )
             return
         try:
-            result = await self.upstreams.complete(order, payload)
+            result = await _unless_gone(receive, self.upstreams.complete(order, payload))
+        except ClientGone:
+            # Nobody to answer: no fallback call is made for them, and no answer is logged.
+            self._finish(decision, chosen, chosen, False, 499, False, started, None, text)
+            return
         except UpstreamError as exc:
             self._finish(decision, chosen, chosen, False, exc.status, False, started, None, text)
             await _send_json(send, exc.status, _upstream_error_body(exc), headers)
@@ -278,7 +284,11 @@ class SwitchServer:
         decision: Decision | None, headers: list[tuple[bytes, bytes]], started: float, text: str,
     ) -> None:
         try:
-            opened: OpenStream = await self.upstreams.open_stream(order, payload)
+            opened: OpenStream = await _unless_gone(
+                receive, self.upstreams.open_stream(order, payload))
+        except ClientGone:
+            self._finish(decision, order[0], order[0], False, 499, True, started, None, text)
+            return
         except UpstreamError as exc:
             self._finish(decision, order[0], order[0], False, exc.status, True, started, None, text)
             await _send_json(send, exc.status, _upstream_error_body(exc), headers)
@@ -411,6 +421,23 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 async def _wait_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def _unless_gone(receive: Receive, work: Awaitable[T]) -> T:
+    """`work`'s result, or ClientGone (with `work` cancelled) if the client hangs up first:
+    upstream calls, retries and fallbacks for a departed client only cost money."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise ClientGone()
+    return task.result()
 
 
 MAX_JSON_DEPTH = 64

@@ -41,6 +41,7 @@ from switchllm.serving import (
     load_yaml,
     parse_router_model,
     prompt_text,
+    routable_text,
     router_pair,
     routers_from,
 )
@@ -118,7 +119,8 @@ class Controller:
     def _win_rates(self, router_name: str, prompts: Sequence[str]) -> np.ndarray:
         router = self.routers.get(router_name)
         strong, weak = router_pair(router, self.strong_model, self.weak_model)
-        return np.asarray(router.win_rate(list(prompts), strong, weak), dtype=float)
+        texts = [routable_text(p) for p in prompts]
+        return np.asarray(router.win_rate(texts, strong, weak), dtype=float)
 
     def route(self, prompt: str, router: str, threshold: float) -> str:
         """The model `router` picks for `prompt` at `threshold`, without calling it."""

@@ -203,3 +203,23 @@ def test_a_departed_client_costs_no_fallback_call_and_is_logged_as_gone(
     rows = list(read_records(log_path))
     assert [(r["status"], r["cost_usd"], r["stream"]) for r in rows] == [
         (499, None, 0), (499, None, 1)]
+
+
+def test_routers_read_at_most_max_prompt_chars_of_a_huge_prompt() -> None:
+    from switchllm.serving.routing import MAX_PROMPT_CHARS, AsyncRouting, RouterSet
+
+    router = KeywordRouter(keywords=["proof"])
+    routers = RouterSet({})
+    routers.routers["keyword"] = router
+
+    async def main() -> list[float]:
+        routing = AsyncRouting(routers, "strong", "weak", window_s=0.0)
+        try:
+            huge = "a proof " + "x" * 4_000_000  # 4 MB: tokenising it all took seconds
+            return [(await routing.decide("keyword", 0.5, p)).win_rate
+                    for p in (huge, "short proof")]
+        finally:
+            routing.close()
+
+    assert asyncio.run(main()) == [0.9, 0.9]
+    assert [len(batch[0]) for batch in router.batches] == [MAX_PROMPT_CHARS, len("short proof")]

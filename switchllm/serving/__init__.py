@@ -31,7 +31,7 @@ from switchllm.serving.config import (
     routers_from,
 )
 from switchllm.serving.decision_log import DecisionLog, DecisionRecord, logged_prompts, read_records
-from switchllm.serving.routing import RouterSet, choose, router_pair
+from switchllm.serving.routing import RouterSet, choose, routable_text, router_pair
 
 __all__ = [
     "DEFAULT_HOST",
@@ -55,6 +55,7 @@ __all__ = [
     "parse_router_model",
     "prompt_text",
     "read_records",
+    "routable_text",
     "router_pair",
     "routers_from",
 ]

@@ -95,6 +95,7 @@ class ServingConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     batch_window_ms: float = 1.0
     router_threads: int = 0  # torch threads for router compute; 0: all cores
+    max_prompt_chars: int = 16_000  # routers read at most this much of a prompt
     api_keys: list[str] = field(default_factory=list, repr=False)
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False
@@ -109,6 +110,8 @@ class ServingConfig:
             raise ConfigError(f"strong and weak model are the same: {self.strong_model!r}")
         if not self.routers:
             raise ConfigError("no routers configured (use --routers)")
+        if self.max_prompt_chars < 1:
+            raise ConfigError(f"max_prompt_chars must be positive, got {self.max_prompt_chars}")
         if not 1.0 <= self.log_flush_ms <= 60_000.0:
             raise ConfigError(f"log flush_ms must be in [1, 60000], got {self.log_flush_ms}")
         if not 0.0 <= self.batch_window_ms <= 100.0:
@@ -206,6 +209,7 @@ def content_text(content: Any) -> str:
 _SERVER_KEYS = {
     "host": str, "port": int, "timeout": float, "connect_timeout": float, "retries": int,
     "backoff": float, "max_body_bytes": int, "batch_window_ms": float, "router_threads": int,
+    "max_prompt_chars": int,
 }
 _MODEL_KEYS = {
     "base_url": str, "api_key_env": str, "upstream_model": str, "input_price": float,

@@ -90,7 +90,7 @@ class SwitchServer:
         self.routers = routers or RouterSet(config.routers)
         self.routing = AsyncRouting(
             self.routers, config.strong_model, config.weak_model, config.batch_window_ms / 1000,
-            config.router_threads,
+            config.router_threads, config.max_prompt_chars,
         )
         self.metrics = ServerMetrics()
         self.log = (

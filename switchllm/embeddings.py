@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -192,12 +193,6 @@ class EmbeddingStore:
         tensors = load_file(str(path))
         self.add(tensors["keys"], tensors["vectors"])
 
-    def add_store(self, other: EmbeddingStore) -> None:
-        offset = len(self._blocks)
-        self._blocks.extend(other._blocks)
-        for key, (block, row) in other._index.items():
-            self._index[key] = (block + offset, row)
-
     def get(self, key: bytes) -> np.ndarray | None:
         where = self._index.get(key)
         return None if where is None else self._blocks[where[0]][where[1]]
@@ -231,48 +226,95 @@ def default_cache_dir() -> Path:
 
 
 class CachedEmbedder(Embedder):
-    """Wraps an embedder with the shipped store and a persistent on-disk cache.
+    """Wraps an embedder with the shipped store and a bounded, persistent LRU cache.
+
+    The shipped store (every shipped benchmark prompt) is read-only and always kept. Other texts
+    live in an LRU of at most `max_entries` vectors and `max_bytes` of vector data (defaults
+    100,000 and 256 MB; `$SWITCHLLM_CACHE_MAX_ENTRIES`, `$SWITCHLLM_CACHE_MAX_MB`): a server
+    embedding every new prompt would otherwise grow by ~1.5 KB per unique prompt for ever.
 
     New vectors are written in shards of at least `FLUSH_ROWS` rows (or after `FLUSH_SECONDS`,
     and at exit), not one file per call: a server embedding one prompt per request would
-    otherwise pay a file write per request and pile up tiny files. Loading compacts a cache
-    of more than `COMPACT_SHARDS` shards into one."""
+    otherwise pay a file write per request and pile up tiny files. Loading reads shards oldest
+    first into the LRU (so the newest survive), and rewrites them as one shard when there are
+    more than `COMPACT_SHARDS` or when they hold more than the cache keeps."""
 
     FLUSH_ROWS = 256
     FLUSH_SECONDS = 30.0
     COMPACT_SHARDS = 32
+    MAX_ENTRIES = 100_000
+    MAX_BYTES = 256 * 2**20
 
     def __init__(self, inner: Embedder, cache_dir: Path | None = None,
-                 use_shipped: bool = True) -> None:
+                 use_shipped: bool = True, max_entries: int | None = None,
+                 max_bytes: int | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.dim = inner.dim
-        self.store = EmbeddingStore()
+        self.shipped = shipped_store(inner.name) if use_shipped else None
+        self.max_entries = max_entries or _env_int("SWITCHLLM_CACHE_MAX_ENTRIES", self.MAX_ENTRIES)
+        self.max_bytes = max_bytes or _env_int("SWITCHLLM_CACHE_MAX_MB", 0) * 2**20 or \
+            self.MAX_BYTES
+        self._lru: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lru_bytes = 0
         self._lock = threading.Lock()
-        slug = model_slug(inner.name)
-        if use_shipped:
-            shipped = shipped_store(inner.name)
-            if shipped is not None:
-                self.store.add_store(shipped)
-        self.cache_dir = (cache_dir or default_cache_dir()) / "embeddings" / slug
+        self.cache_dir = (cache_dir or default_cache_dir()) / "embeddings" / model_slug(inner.name)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_rows = 0
         self._last_flush = time.monotonic()
         loaded: list[Path] = []
+        rows = 0
         if self.cache_dir.is_dir():
-            for shard in sorted(self.cache_dir.glob("*.safetensors")):
+            for shard in sorted(self.cache_dir.glob("*.safetensors")):  # names start with time
                 try:
-                    self.store.load_file(shard)
+                    rows += self._load_shard(shard)
                     loaded.append(shard)
                 except Exception:  # noqa: BLE001 - a torn shard is only a cache miss
                     continue
-        if len(loaded) > self.COMPACT_SHARDS:
+        if len(loaded) > self.COMPACT_SHARDS or rows > len(self._lru):
             self._compact(loaded)
         atexit.register(self.flush)
 
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def _load_shard(self, path: Path) -> int:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(path))
+        keys, vectors = tensors["keys"], tensors["vectors"]
+        for key, vector in zip(keys, vectors, strict=True):
+            self._remember(key.tobytes(), vector)
+        return len(keys)
+
+    def _remember(self, key: bytes, vector: np.ndarray) -> None:
+        """Add to the LRU (a copy: a view would keep its whole batch alive), evicting the least
+        recently used beyond the bounds. Callers hold the lock or run before any sharing."""
+        old = self._lru.pop(key, None)
+        if old is not None:
+            self._lru_bytes -= old.nbytes
+        vector = np.array(vector, dtype=np.float32)
+        self._lru[key] = vector
+        self._lru_bytes += vector.nbytes
+        while self._lru and (len(self._lru) > self.max_entries
+                             or self._lru_bytes > self.max_bytes):
+            _, evicted = self._lru.popitem(last=False)
+            self._lru_bytes -= evicted.nbytes
+
+    def _lookup(self, key: bytes) -> np.ndarray | None:
+        if self.shipped is not None:
+            vector = self.shipped.get(key)
+            if vector is not None:
+                return vector
+        vector = self._lru.get(key)
+        if vector is not None:
+            self._lru.move_to_end(key)
+        return vector
+
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         keys = [text_key(t) for t in texts]
-        found = [self.store.get(k) for k in keys]
+        with self._lock:
+            found = [self._lookup(k) for k in keys]
         missing = [i for i, v in enumerate(found) if v is None]
         if missing:
             unique: dict[bytes, int] = {}
@@ -281,15 +323,18 @@ class CachedEmbedder(Embedder):
             new = self.inner.embed([texts[i] for i in unique.values()], progress=progress)
             self.dim = self.dim or new.shape[1]
             key_array = np.frombuffer(b"".join(unique), dtype=np.uint8).reshape(-1, KEY_BYTES)
+            fresh = dict(zip(unique, new, strict=True))
             with self._lock:
-                self.store.add(key_array, new)
+                for key, vector in fresh.items():
+                    self._remember(key, vector)
                 self._pending.append((key_array, new))
                 self._pending_rows += len(new)
                 due = (self._pending_rows >= self.FLUSH_ROWS
                        or time.monotonic() - self._last_flush >= self.FLUSH_SECONDS)
             if due:
                 self.flush()
-            found = [self.store.get(k) for k in keys]
+            # from this batch, not the LRU: a batch larger than the cache must still come back
+            found = [v if v is not None else fresh[k] for k, v in zip(keys, found, strict=True)]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.asarray(np.stack(found), dtype=np.float32)
@@ -304,13 +349,11 @@ class CachedEmbedder(Embedder):
                               np.concatenate([v for _, v in pending]))
 
     def _compact(self, shards: list[Path]) -> None:
-        keys = [np.frombuffer(k, dtype=np.uint8) for k in self.store._index]
-        rows = [self.store.get(k.tobytes()) for k in keys]
-        shipped = shipped_store(self.name)
-        own = [i for i, k in enumerate(keys)
-               if shipped is None or shipped.get(k.tobytes()) is None]
-        if own and self._write_shard(np.stack([keys[i] for i in own]),
-                                     np.stack([rows[i] for i in own])):
+        """Replace `shards` by one holding what the LRU kept (the newest vectors)."""
+        if not self._lru:
+            return
+        keys = np.frombuffer(b"".join(self._lru), dtype=np.uint8).reshape(-1, KEY_BYTES)
+        if self._write_shard(keys, np.stack(list(self._lru.values()))):
             for shard in shards:
                 shard.unlink(missing_ok=True)
 
@@ -327,6 +370,19 @@ class CachedEmbedder(Embedder):
         except OSError:
             return False  # an unwritable cache costs speed, never correctness
         return True
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise EmbeddingError(f"${name} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise EmbeddingError(f"${name} must be positive, got {number}")
+    return number
 
 
 _EMBEDDERS: dict[str, Embedder] = {}

@@ -122,3 +122,45 @@ def test_cache_shards_are_batched_and_compacted(embeddings_server, tmp_path):
     _EmbeddingsHandler.requests = []
     compacted.embed(["prompt 0", f"prompt {CachedEmbedder.FLUSH_ROWS - 1}", "other 3"])
     assert _EmbeddingsHandler.requests == []
+
+
+def test_cache_is_a_bounded_lru_in_memory_and_on_disk(embeddings_server, tmp_path):
+    def embedder(max_entries: int = 4) -> CachedEmbedder:
+        return CachedEmbedder(OpenAIEmbedder("m", base_url=embeddings_server), cache_dir=tmp_path,
+                              use_shipped=False, max_entries=max_entries)
+
+    cache = embedder()
+    cache.embed(["a", "b", "c", "d"])
+    cache.embed(["a"])  # used again: now the most recent
+    _EmbeddingsHandler.requests = []
+    cache.embed(["e", "f"])  # evicts b and c, the least recently used
+    assert len(cache) == 4
+    _EmbeddingsHandler.requests = []
+    cache.embed(["a", "d", "e", "f"])
+    assert _EmbeddingsHandler.requests == []  # all still cached
+    cache.embed(["b"])
+    assert [r["input"] for r in _EmbeddingsHandler.requests] == [["b"]]  # evicted: again
+    # a batch larger than the cache still returns every vector, in order
+    many = [f"t{i}" for i in range(10)]
+    vectors = cache.embed(many)
+    assert vectors.shape == (10, cache.dim) and len(cache) == 4
+    assert np.allclose(vectors[7], cache.inner.embed(["t7"])[0])
+    cache.flush()
+    # on disk too: reloading keeps at most max_entries (the newest) and rewrites one shard
+    reloaded = embedder()
+    assert len(reloaded) == 4
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1
+    _EmbeddingsHandler.requests = []
+    reloaded.embed(many[-4:])
+    assert _EmbeddingsHandler.requests == []
+
+
+def test_cache_bounds_from_the_environment(embeddings_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWITCHLLM_CACHE_MAX_ENTRIES", "lots")
+    with pytest.raises(EmbeddingError, match="SWITCHLLM_CACHE_MAX_ENTRIES must be a whole number"):
+        CachedEmbedder(OpenAIEmbedder("m", base_url=embeddings_server), cache_dir=tmp_path)
+    monkeypatch.setenv("SWITCHLLM_CACHE_MAX_ENTRIES", "2")
+    cache = CachedEmbedder(OpenAIEmbedder("m", base_url=embeddings_server), cache_dir=tmp_path,
+                           use_shipped=False)
+    cache.embed(["x", "y", "z"])
+    assert len(cache) == 2

@@ -38,6 +38,7 @@ class Behaviour:
     echo_auth: bool = False  # put the Authorization header in error messages (leak tests)
     payload: dict[str, Any] | None = None  # answer with this JSON instead (malformed upstreams)
     events: list[bytes] | None = None  # stream these SSE events instead
+    drip_s: float = 0.0  # send a JSON answer 8 bytes at a time, this long apart
 
 
 @dataclass
@@ -248,8 +249,24 @@ class _Connection(asyncio.Protocol):
             return
         if body.get("stream"):
             self.stream(body, model)
+        elif self.upstream.behaviour(model).drip_s:
+            self.drip(self.upstream.answer(body), self.upstream.behaviour(model).drip_s)
         else:
             self.respond(200, self.upstream.answer(body))
+
+    def drip(self, obj: dict[str, Any], delay: float) -> None:
+        assert self.transport is not None
+        data = json.dumps(obj).encode()
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n" % len(data))
+        self.slow_write([data[i:i + 8] for i in range(0, len(data), 8)], delay)
+
+    def slow_write(self, pieces: list[bytes], delay: float) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing() or not pieces:
+            return
+        self.transport.write(pieces[0])
+        asyncio.get_running_loop().call_later(delay, self.slow_write, pieces[1:], delay)
 
     def respond(self, status: int, obj: dict[str, Any]) -> None:
         assert self.transport is not None

@@ -223,3 +223,28 @@ def test_routers_read_at_most_max_prompt_chars_of_a_huge_prompt() -> None:
 
     assert asyncio.run(main()) == [0.9, 0.9]
     assert [len(batch[0]) for batch in router.batches] == [MAX_PROMPT_CHARS, len("short proof")]
+
+
+def test_timeout_is_a_deadline_per_attempt_not_per_read() -> None:
+    upstream = FakeUpstream().start()
+    config = build_config(
+        routers={"random": "random"}, strong_model="strong", weak_model="weak",
+        base_url=upstream.base_url, overrides={"log_path": None, "retries": 0, "timeout": 1.0},
+    )
+    strong = upstream.behaviour("strong")
+    strong.drip_s = 0.2  # a whole answer would take ~8 s, each read well within the timeout
+    strong.chunk_delay_s = 0.2
+    strong.events = [b": keep-alive\n\n"] * 30 + upstream.stream_events(
+        {"model": "strong", "stream": True})
+    thread = ServerThread(create_app(config)).start()
+    try:
+        for stream in (False, True):
+            started = time.perf_counter()
+            response = httpx.post(thread.url + "/v1/chat/completions",
+                                  json={**HI, "stream": stream}, timeout=20)
+            assert response.status_code == 200
+            assert response.headers["x-switchllm-model"] == "weak"  # fell back at the deadline
+            assert time.perf_counter() - started < 4.0
+    finally:
+        thread.stop()
+        upstream.stop()

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a SIGKILL loses at most this much)")
     parser.add_argument("--log-prompts", action="store_true",
                         help="store prompt texts in the decision log (for calibrate --from-log)")
-    parser.add_argument("--timeout", type=float, default=None, help="upstream timeout, seconds")
+    parser.add_argument("--timeout", type=float, default=None, help="deadline per upstream attempt, seconds (a stream: until its first token)")
     parser.add_argument("--retries", type=int, default=None, help="retries per upstream model")
     parser.add_argument("--max-body-bytes", type=int, default=None, help="request size limit")
     parser.add_argument("--batch-window-ms", type=float, default=None,
@@ -81,5 +81,6 @@ def run(args: argparse.Namespace) -> int:
         # SIGHUP would otherwise kill the server unflushed; here it writes the log and serves on.
         signal.signal(signal.SIGHUP, lambda *_: app.log.flush_now())
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
-                access_log=False, lifespan="on", timeout_keep_alive=30)
+                access_log=False, lifespan="on", timeout_keep_alive=30,
+                timeout_graceful_shutdown=config.shutdown_grace_s)
     return 0

@@ -96,6 +96,7 @@ class ServingConfig:
     batch_window_ms: float = 1.0
     router_threads: int = 0  # torch threads for router compute; 0: all cores
     max_prompt_chars: int = 16_000  # routers read at most this much of a prompt
+    shutdown_grace_s: float = 10.0  # on SIGTERM, wait this long for requests in flight
     api_keys: list[str] = field(default_factory=list, repr=False)
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False
@@ -110,6 +111,8 @@ class ServingConfig:
             raise ConfigError(f"strong and weak model are the same: {self.strong_model!r}")
         if not self.routers:
             raise ConfigError("no routers configured (use --routers)")
+        if not 0.0 <= self.shutdown_grace_s <= 3600.0:
+            raise ConfigError(f"shutdown_grace_s must be in [0, 3600], got {self.shutdown_grace_s}")
         if self.max_prompt_chars < 1:
             raise ConfigError(f"max_prompt_chars must be positive, got {self.max_prompt_chars}")
         if not 1.0 <= self.log_flush_ms <= 60_000.0:
@@ -209,7 +212,7 @@ def content_text(content: Any) -> str:
 _SERVER_KEYS = {
     "host": str, "port": int, "timeout": float, "connect_timeout": float, "retries": int,
     "backoff": float, "max_body_bytes": int, "batch_window_ms": float, "router_threads": int,
-    "max_prompt_chars": int,
+    "max_prompt_chars": int, "shutdown_grace_s": float,
 }
 _MODEL_KEYS = {
     "base_url": str, "api_key_env": str, "upstream_model": str, "input_price": float,

@@ -124,6 +124,7 @@ class Upstreams:
         self.retries = max(0, retries)
         self.backoff = backoff
         self.on_retry = on_retry
+        self.timeout = timeout
         self.client = HTTPPool(connect_timeout=connect_timeout, read_timeout=timeout)
         self._targets: dict[str, tuple[Target, dict[str, str]]] = {}
         self._secrets: list[str] = []
@@ -239,7 +240,11 @@ class Upstreams:
                 assert error is not None
                 await self._backoff(model, attempt - 1, error)
             try:
-                response = await self.client.request("POST", url, headers, content)
+                # the whole attempt, not each read: an upstream dripping bytes is a hung one
+                async with asyncio.timeout(self.timeout):
+                    response = await self.client.request("POST", url, headers, content)
+            except TimeoutError:
+                error = self._transport_error(model, ReadTimeout("attempt deadline"))
             except HTTPPoolError as exc:
                 error = self._transport_error(model, exc)
             else:
@@ -316,6 +321,17 @@ class Upstreams:
         raise error
 
     async def _start(
+        self, model: str, url: Target, headers: dict[str, str], content: bytes
+    ) -> OpenStream:
+        """Open a stream: its first token (or clean end) must come within `timeout`, however
+        the upstream paces its bytes; after that only each read is timed (generations are long)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._open(model, url, headers, content)
+        except TimeoutError:
+            raise self._transport_error(model, ReadTimeout("first-token deadline")) from None
+
+    async def _open(
         self, model: str, url: Target, headers: dict[str, str], content: bytes
     ) -> OpenStream:
         try:

@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a SIGKILL loses at most this much)")
     parser.add_argument("--log-prompts", action="store_true",
                         help="store prompt texts in the decision log (for calibrate --from-log)")
-    parser.add_argument("--timeout", type=float, default=None, help="deadline per upstream attempt, seconds (a stream: until its first token)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="deadline per upstream attempt, seconds (a stream: until its first "
+                             "token)")
     parser.add_argument("--retries", type=int, default=None, help="retries per upstream model")
     parser.add_argument("--max-body-bytes", type=int, default=None, help="request size limit")
     parser.add_argument("--batch-window-ms", type=float, default=None,

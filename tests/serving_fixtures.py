@@ -39,6 +39,7 @@ class Behaviour:
     payload: dict[str, Any] | None = None  # answer with this JSON instead (malformed upstreams)
     events: list[bytes] | None = None  # stream these SSE events instead
     drip_s: float = 0.0  # send a JSON answer 8 bytes at a time, this long apart
+    retry_after: str | None = None  # Retry-After header value sent with failures
 
 
 @dataclass
@@ -244,8 +245,10 @@ class _Connection(asyncio.Protocol):
             message = f"fake failure {status}"
             if self.upstream.behaviour(model).echo_auth:
                 message += f" for key {auth}"
+            retry_after = self.upstream.behaviour(model).retry_after
             self.respond(status, {"error": {"message": message,
-                                            "type": "server_error", "code": None}})
+                                            "type": "server_error", "code": None}},
+                         {"retry-after": retry_after} if retry_after else None)
             return
         if body.get("stream"):
             self.stream(body, model)
@@ -268,12 +271,14 @@ class _Connection(asyncio.Protocol):
         self.transport.write(pieces[0])
         asyncio.get_running_loop().call_later(delay, self.slow_write, pieces[1:], delay)
 
-    def respond(self, status: int, obj: dict[str, Any]) -> None:
+    def respond(self, status: int, obj: dict[str, Any],
+                headers: dict[str, str] | None = None) -> None:
         assert self.transport is not None
         data = json.dumps(obj).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()).encode()
         self.transport.write(
-            b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (status, len(data), data)
+            b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
+            % (status, len(data), extra, data)
         )
 
     def stream(self, body: dict[str, Any], model: str) -> None:

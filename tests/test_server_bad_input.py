@@ -248,3 +248,48 @@ def test_timeout_is_a_deadline_per_attempt_not_per_read() -> None:
     finally:
         thread.stop()
         upstream.stop()
+
+
+def test_retry_after_is_honoured_for_every_request_and_passed_on() -> None:
+    upstream = FakeUpstream().start()
+    config = build_config(
+        routers={"random": "random"}, strong_model="strong", weak_model="weak",
+        base_url=upstream.base_url, overrides={"log_path": None, "retries": 2},
+    )
+    for model in ("strong", "weak"):
+        upstream.behaviour(model).fail_status = 429
+        upstream.behaviour(model).retry_after = "30"
+    thread = ServerThread(create_app(config)).start()
+    try:
+        first = httpx.post(thread.url + "/v1/chat/completions", json=HI, timeout=10)
+        assert first.status_code == 429
+        assert 29 <= int(first.headers["retry-after"]) <= 30  # the caller learns when to return
+        assert [s.model for s in upstream.seen] == ["strong", "weak"]  # no retry after 2 s
+        for stream in (False, True):  # later requests do not call the rate-limited models
+            later = httpx.post(thread.url + "/v1/chat/completions",
+                               json={**HI, "stream": stream}, timeout=10)
+            assert later.status_code == 429 and "retry-after" in later.headers
+        assert len(upstream.seen) == 2
+    finally:
+        thread.stop()
+        upstream.stop()
+
+
+def test_a_short_retry_after_is_waited_out_on_the_same_model() -> None:
+    upstream = FakeUpstream().start()
+    config = build_config(
+        routers={"random": "random"}, strong_model="strong", weak_model="weak",
+        base_url=upstream.base_url, overrides={"log_path": None, "retries": 1},
+    )
+    upstream.behaviour("strong").fail_next = 1
+    upstream.behaviour("strong").fail_status_next = 429
+    upstream.behaviour("strong").retry_after = "0.3"
+    thread = ServerThread(create_app(config)).start()
+    try:
+        started = time.perf_counter()
+        response = httpx.post(thread.url + "/v1/chat/completions", json=HI, timeout=10)
+        assert response.status_code == 200 and response.json()["model"] == "strong"
+        assert time.perf_counter() - started >= 0.3
+    finally:
+        thread.stop()
+        upstream.stop()

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
@@ -266,7 +267,8 @@ class SwitchServer:
             return
         except UpstreamError as exc:
             self._finish(decision, chosen, chosen, False, exc.status, False, started, None, text)
-            await _send_json(send, exc.status, _upstream_error_body(exc), headers)
+            await _send_json(send, exc.status, _upstream_error_body(exc),
+                             headers + _retry_after_header(exc))
             return
         self.metrics.upstream_seconds.labels(result.model).observe(result.upstream_s)
         usage = result.payload.get("usage")
@@ -291,7 +293,8 @@ class SwitchServer:
             return
         except UpstreamError as exc:
             self._finish(decision, order[0], order[0], False, exc.status, True, started, None, text)
-            await _send_json(send, exc.status, _upstream_error_body(exc), headers)
+            await _send_json(send, exc.status, _upstream_error_body(exc),
+                             headers + _retry_after_header(exc))
             return
         self.metrics.upstream_seconds.labels(opened.model).observe(opened.first_token_s)
         headers = SSE_HEADERS + headers + [
@@ -512,6 +515,13 @@ def _routing_headers(decision: Decision | None) -> list[tuple[bytes, bytes]]:
         (b"x-switchllm-routed-model", decision.model.encode()),
         (b"x-switchllm-routing-ms", f"{decision.routing_s * 1000:.2f}".encode()),
     ]
+
+
+def _retry_after_header(exc: UpstreamError) -> list[tuple[bytes, bytes]]:
+    """Tell a rate-limited caller when to come back, as the upstream told us."""
+    if exc.status != 429 or exc.retry_after is None:
+        return []
+    return [(b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode())]
 
 
 def _upstream_error_body(exc: UpstreamError) -> dict[str, Any]:

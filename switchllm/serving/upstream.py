@@ -9,6 +9,7 @@ logs are redacted of them.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import math
 import random
@@ -24,7 +25,7 @@ from switchllm.serving.http_pool import HTTPPool, HTTPPoolError, ReadTimeout, St
 _KEY_LIKE = re.compile(r"[\w\-.*]{6,}")  # a word that could hold a (masked) key
 _MASK = re.compile(r"\*+|\.\.\.")  # how providers mask the middle of a key
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
-MAX_RETRY_AFTER_S = 2.0
+MAX_RETRY_WAIT_S = 2.0  # the longest Retry-After a request waits out before retrying a model
 
 
 class UpstreamError(Exception):
@@ -119,8 +120,12 @@ class Upstreams:
         retries: int = 2,
         backoff: float = 0.05,
         on_retry: Callable[[str], None] | None = None,
+        max_retry_wait_s: float = MAX_RETRY_WAIT_S,
     ) -> None:
         self.models = models
+        self.max_retry_wait_s = max_retry_wait_s
+        # model -> monotonic time until which it asked not to be called (Retry-After)
+        self._cooldown: dict[str, float] = {}
         self.retries = max(0, retries)
         self.backoff = backoff
         self.on_retry = on_retry
@@ -192,11 +197,15 @@ class Upstreams:
         detail = self.redact(detail)
         if status in RETRYABLE_STATUS:
             retry_after = _retry_after(headers.get("retry-after"))
+            if retry_after:
+                # Honour it for every request, not just this one: no call until it has passed.
+                self._cooldown[model] = time.monotonic() + retry_after
             code = "rate_limited" if status == 429 else "upstream_error"
             return UpstreamError(
                 429 if status == 429 else 502,
                 f"upstream model {model!r} returned HTTP {status}: {detail}".rstrip(": "),
-                code=code, retry=True, retry_after=retry_after,
+                code=code, retry=retry_after is None or retry_after <= self.max_retry_wait_s,
+                retry_after=retry_after,
             )
         if status in (401, 403):
             # Our credentials, not the caller's request: the other model may still answer.
@@ -222,6 +231,18 @@ class Upstreams:
             502, f"cannot reach upstream model {model!r} ({type(exc).__name__})",
             code="upstream_unreachable", retry=True,
         )
+
+    def _cooling(self, model: str) -> UpstreamError | None:
+        """The error to give instead of calling `model` while its Retry-After lasts."""
+        until = self._cooldown.get(model)
+        if until is None:
+            return None
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._cooldown[model]
+            return None
+        return UpstreamError(429, f"upstream model {model!r} is rate-limited for another "
+                             f"{left:.1f} s", code="rate_limited", retry_after=left)
 
     async def _backoff(self, model: str, attempt: int, error: UpstreamError) -> None:
         if self.on_retry:
@@ -275,6 +296,10 @@ class Upstreams:
         attempts = 0
         error: UpstreamError | None = None
         for i, model in enumerate(order):
+            cooling = self._cooling(model)
+            if cooling is not None:
+                error = cooling
+                continue
             try:
                 payload, used = await self.complete_one(model, body)
             except UpstreamError as exc:
@@ -296,6 +321,10 @@ class Upstreams:
         error: UpstreamError | None = None
         attempts = 0
         for i, model in enumerate(order):
+            cooling = self._cooling(model)
+            if cooling is not None:
+                error = cooling
+                continue
             url, headers = self._targets[model]
             content = self._content(model, body)
             for attempt in range(self.retries + 1):
@@ -445,9 +474,15 @@ def _rewrite_event(
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number, or an HTTP date."""
     if not value:
         return None
     try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+        seconds = float(value)
     except ValueError:
-        return None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None

@@ -20,6 +20,7 @@ OpenAI ($OPENAI_BASE_URL / $OPENAI_API_KEY).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from switchllm.compat import (
+    GPT_4_AUGMENTED_CONFIG,
+    ModelPair,
+    RoutingError,
+    split_extra_kwargs,
+    with_dict_access,
+)
 from switchllm.errors import SwitchLLMError
 from switchllm.serving import (
     ModelNameError,
@@ -44,6 +52,10 @@ from switchllm.serving import (
     router_pair,
     routers_from,
 )
+
+__all__ = ["GPT_4_AUGMENTED_CONFIG", "AsyncController", "Controller", "ModelPair", "RoutingError"]
+
+log = logging.getLogger("switchllm.controller")
 
 # litellm-style provider prefixes RouteLLM users write: prefix -> (base URL, key env var).
 PROVIDERS: dict[str, tuple[str, str | None]] = {
@@ -80,6 +92,7 @@ class Controller:
             raw = dict(config)
         self.strong_model = strong_model
         self.weak_model = weak_model
+        self.model_pair = ModelPair(strong=strong_model, weak=weak_model)
         self.api_base = api_base
         self.api_key = api_key
         self.progress_bar = progress_bar
@@ -133,23 +146,25 @@ class Controller:
             return type(prompts)(rates, index=prompts.index)
         return rates
 
-    def _decide(self, kwargs: dict[str, Any], router: str | None, threshold: Any) -> str:
+    def _decide(
+        self, kwargs: dict[str, Any], router: str | None, threshold: Any
+    ) -> tuple[str, str]:
         request = self._request(kwargs.get("model"), router, threshold)
         value = self._threshold(request)
         prompt = prompt_text(kwargs.get("messages") or [])
         model = choose(float(self._win_rates(request.router, [prompt])[0]), value,
                        self.strong_model, self.weak_model)
-        self.model_counts[request.router][model] += 1
-        return model
+        return request.router, model
 
-    async def _adecide(self, kwargs: dict[str, Any], router: str | None, threshold: Any) -> str:
+    async def _adecide(
+        self, kwargs: dict[str, Any], router: str | None, threshold: Any
+    ) -> tuple[str, str]:
         request = self._request(kwargs.get("model"), router, threshold)
         value = self._threshold(request)
         prompt = prompt_text(kwargs.get("messages") or [])
         rates = await asyncio.to_thread(self._win_rates, request.router, [prompt])
         model = choose(float(rates[0]), value, self.strong_model, self.weak_model)
-        self.model_counts[request.router][model] += 1
-        return model
+        return request.router, model
 
     # ---- upstream clients -----------------------------------------------------------------
     def _model_specs(self, raw: dict[str, Any], path: str | Path | None) -> dict[str, ModelSpec]:
@@ -202,22 +217,26 @@ class Controller:
     ) -> Any:
         """`chat.completions.create`: route, then call the chosen model (falling back to the
         other one if it fails to answer)."""
-        model = self._decide(kwargs, router, threshold)
-        return self._call(model, kwargs, fallback=True)
+        router_name, model = self._decide(kwargs, router, threshold)
+        response = self._call(model, kwargs, fallback=True)
+        self.model_counts[router_name][response.model] += 1
+        return response
 
     def _call(self, model: str, kwargs: dict[str, Any], fallback: bool) -> Any:
         import openai
 
-        sent = {**kwargs, "model": self._specs[model].sent_name}
+        sent = split_extra_kwargs({**kwargs, "model": self._specs[model].sent_name})
         try:
             response = self._client(model, False).chat.completions.create(**sent)
         except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError,
-                openai.AuthenticationError):
+                openai.AuthenticationError) as exc:
             if not fallback:
                 raise
+            _warn_fallback(model, self._other(model), exc)
             return self._call(self._other(model), kwargs, fallback=False)
         if kwargs.get("stream"):
             return RoutedStream(response, model)
+        response = with_dict_access(response)
         response.model = model
         return response
 
@@ -225,24 +244,35 @@ class Controller:
         self, *, router: str | None = None, threshold: float | None = None, **kwargs: Any
     ) -> Any:
         """The async variant (`chat.completions.acreate`)."""
-        model = await self._adecide(kwargs, router, threshold)
-        return await self._acall(model, kwargs, fallback=True)
+        router_name, model = await self._adecide(kwargs, router, threshold)
+        response = await self._acall(model, kwargs, fallback=True)
+        self.model_counts[router_name][response.model] += 1
+        return response
 
     async def _acall(self, model: str, kwargs: dict[str, Any], fallback: bool) -> Any:
         import openai
 
-        sent = {**kwargs, "model": self._specs[model].sent_name}
+        sent = split_extra_kwargs({**kwargs, "model": self._specs[model].sent_name})
         try:
             response = await self._client(model, True).chat.completions.create(**sent)
         except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError,
-                openai.AuthenticationError):
+                openai.AuthenticationError) as exc:
             if not fallback:
                 raise
+            _warn_fallback(model, self._other(model), exc)
             return await self._acall(self._other(model), kwargs, fallback=False)
         if kwargs.get("stream"):
             return AsyncRoutedStream(response, model)
+        response = with_dict_access(response)
         response.model = model
         return response
+
+
+def _warn_fallback(failed: str, other: str, exc: Exception) -> None:
+    # The error's class and status only: its message may quote the request or the key.
+    status = getattr(exc, "status_code", None)
+    log.warning("model %r failed (%s%s); %r answers instead", failed, type(exc).__name__,
+                f" HTTP {status}" if status else "", other)
 
 
 class AsyncController(Controller):
@@ -265,6 +295,7 @@ class RoutedStream:
 
     def __iter__(self) -> Iterator[Any]:
         for chunk in self._stream:
+            chunk = with_dict_access(chunk)
             chunk.model = self.model
             yield chunk
 
@@ -286,6 +317,7 @@ class AsyncRoutedStream:
 
     async def __aiter__(self):  # noqa: ANN204 - async generator
         async for chunk in self._stream:
+            chunk = with_dict_access(chunk)
             chunk.model = self.model
             yield chunk
 

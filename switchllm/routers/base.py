@@ -100,6 +100,20 @@ class Router(ABC):
         levels = np.asarray(self.card_info["calibration"]["levels"], dtype=float)
         return float(np.interp(1.0 - share, levels, np.asarray(quantiles, dtype=float)))
 
+    # ---- RouteLLM's single-prompt interface ------------------------------------------------
+    def calculate_strong_win_rate(self, prompt: str) -> float:
+        """RouteLLM's name: the strong win rate of one prompt, for the default pair."""
+        return float(np.asarray(self.win_rate([prompt])).reshape(-1)[0])
+
+    def route(self, prompt: str, threshold: float, routed_pair: Any) -> str:
+        """RouteLLM's rule: `routed_pair.strong` when the strong win rate reaches `threshold`,
+        else `routed_pair.weak` (`routed_pair` has `strong` and `weak`, like ModelPair)."""
+        from switchllm.serving.routing import choose, router_pair
+
+        strong, weak = router_pair(self, routed_pair.strong, routed_pair.weak)
+        rate = float(np.asarray(self.win_rate([prompt], strong, weak)).reshape(-1)[0])
+        return choose(rate, threshold, routed_pair.strong, routed_pair.weak)
+
     def calibrate(self, prompts: Sequence[str]) -> None:
         """Store win-rate quantiles of `prompts` (default pair) for `threshold_for_strong_share`."""
         rates = self.win_rate(prompts)

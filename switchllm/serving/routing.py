@@ -76,6 +76,22 @@ class RouterSet:
             return check_threshold(request.threshold)
         return resolve_threshold(router, name, request)
 
+    # Mapping-style access, as RouteLLM's `controller.routers["mf"]`.
+    def __getitem__(self, name: str) -> Router:
+        return self.routers[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.routers
+
+    def __iter__(self):  # noqa: ANN204 - iterator over router names
+        return iter(self.routers)
+
+    def __len__(self) -> int:
+        return len(self.routers)
+
+    def keys(self):  # noqa: ANN201 - dict keys view
+        return self.routers.keys()
+
 
 def choose(win_rate: float, threshold: float, strong: str, weak: str) -> str:
     """RouteLLM's rule: strong when the win rate reaches the threshold."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -52,25 +51,11 @@ from switchllm.serving import (
     router_pair,
     routers_from,
 )
+from switchllm.serving.providers import resolve_model
 
 __all__ = ["GPT_4_AUGMENTED_CONFIG", "AsyncController", "Controller", "ModelPair", "RoutingError"]
 
 log = logging.getLogger("switchllm.controller")
-
-# litellm-style provider prefixes RouteLLM users write: prefix -> (base URL, key env var).
-PROVIDERS: dict[str, tuple[str, str | None]] = {
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "anyscale": ("https://api.endpoints.anyscale.com/v1", "ANYSCALE_API_KEY"),
-    "groq": ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
-    "together_ai": ("https://api.together.xyz/v1", "TOGETHERAI_API_KEY"),
-    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
-    "mistral": ("https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
-    "deepinfra": ("https://api.deepinfra.com/v1/openai", "DEEPINFRA_API_KEY"),
-    "fireworks_ai": ("https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY"),
-    "ollama": ("http://localhost:11434/v1", None),
-    "ollama_chat": ("http://localhost:11434/v1", None),
-}
-
 
 class Controller:
     """Routes chat completions between a strong and a weak model (RouteLLM-compatible)."""
@@ -176,18 +161,7 @@ class Controller:
         for name in (self.strong_model, self.weak_model):
             if name in specs and name in (raw.get("models") or {}):
                 continue
-            if self.api_base:
-                specs[name] = ModelSpec(name=name, base_url=self.api_base, api_key=self.api_key)
-                continue
-            prefix, sep, rest = name.partition("/")
-            if sep and prefix in PROVIDERS:
-                base, env = PROVIDERS[prefix]
-                specs[name] = ModelSpec(name=name, base_url=base, api_key_env=env,
-                                        api_key=self.api_key, upstream_model=rest)
-            else:
-                base = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
-                specs[name] = ModelSpec(name=name, base_url=base, api_key_env="OPENAI_API_KEY",
-                                        api_key=self.api_key)
+            specs[name] = resolve_model(name, base_url=self.api_base, api_key=self.api_key)
         return specs
 
     def _client(self, model: str, is_async: bool) -> Any:

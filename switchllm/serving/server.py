@@ -333,6 +333,12 @@ class SwitchServer:
     ) -> None:
         router_label = decision.router if decision else "none"
         self.metrics.requests.labels(router_label, model, str(status)).inc()
+        if log.isEnabledFor(logging.INFO):  # --verbose
+            log.info("router=%s threshold=%s win_rate=%s routed=%s answered=%s fallback=%s "
+                     "status=%s stream=%s", router_label,
+                     f"{decision.threshold:.5g}" if decision else "-",
+                     f"{decision.win_rate:.4f}" if decision else "-", routed, model,
+                     fell_back, status, stream)
         if fell_back:
             self.metrics.fallbacks.labels(routed, model).inc()
         cost = strong_cost = None

@@ -51,6 +51,7 @@ from switchllm.serving import (
     router_pair,
     routers_from,
 )
+from switchllm.serving.pairs import state_pairs
 from switchllm.serving.providers import resolve_model
 
 __all__ = ["GPT_4_AUGMENTED_CONFIG", "AsyncController", "Controller", "ModelPair", "RoutingError"]
@@ -84,6 +85,7 @@ class Controller:
         if strong_model == weak_model:
             raise SwitchLLMError(f"strong and weak model are the same: {strong_model!r}")
         self.routers = RouterSet(routers_from(list(routers), raw))
+        state_pairs(self.routers.routers, strong_model, weak_model)
         self.model_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._specs = self._model_specs(raw, config if isinstance(config, str | Path) else None)
         self._clients: dict[tuple[str, bool], Any] = {}

@@ -101,3 +101,23 @@ def test_routellm_default_pair_when_none_given() -> None:
     assert config.strong_model == "gpt-4-1106-preview"
     assert config.weak_model == "anyscale/mistralai/Mixtral-8x7B-Instruct-v0.1"
     assert config.models[config.weak_model].sent_name == "mistralai/Mixtral-8x7B-Instruct-v0.1"
+
+
+def test_start_up_states_the_scored_pair(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from switchllm.serving.pairs import state_pairs
+    from tests.serving_fixtures import KeywordRouter
+
+    router = KeywordRouter()
+    router.models = ["gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1", "llama-3"]
+    with caplog.at_level(logging.INFO, logger="switchllm.serving"):
+        # RouteLLM's default served names match the card's after the provider prefix goes
+        (line,) = state_pairs({"kw": router}, "gpt-4-1106-preview",
+                              "anyscale/mistralai/Mixtral-8x7B-Instruct-v0.1")
+        assert line == ("router kw scores the served pair "
+                        "(gpt-4-1106-preview vs mistralai/Mixtral-8x7B-Instruct-v0.1)")
+        (line,) = state_pairs({"kw": router}, "GPT-4-1106-preview", "groq/llama3-8b-8192")
+    assert line.startswith("warning: router kw does not know 'groq/llama3-8b-8192': it "
+                           "scores its training pair")
+    assert [r.levelname for r in caplog.records] == ["INFO", "WARNING"]

@@ -97,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run("switchllm.commands.serve:app_from_environment", factory=True,
                     workers=args.workers, **options)
         return 0
-    uvicorn.run(create_app(config), **options)
+    from switchllm.serving.pairs import state_pairs
+
+    app = create_app(config)
+    for line in state_pairs(app.routers.routers, config.strong_model, config.weak_model):
+        print(f"switchllm: {line}")
+    uvicorn.run(app, **options)
     return 0
 
 
@@ -107,4 +112,8 @@ def app_from_environment():  # noqa: ANN201 - the ASGI app of one `--workers` pr
     args = argparse.Namespace(**json.loads(os.environ[WORKER_ARGS_ENV]))
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return create_app(config_from_args(args))
+    from switchllm.serving.pairs import state_pairs
+
+    app = create_app(config_from_args(args))
+    state_pairs(app.routers.routers, app.config.strong_model, app.config.weak_model)
+    return app

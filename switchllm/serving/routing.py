@@ -33,8 +33,12 @@ def router_pair(router: Router, strong: str, weak: str) -> tuple[str | None, str
     """The pair to ask the router about. Routers that know specific models score the served
     pair when they know both; otherwise they answer for their default pair, as RouteLLM's
     routers always do (they were trained on one pair and applied to any)."""
-    if router.models and strong in router.models and weak in router.models:
-        return strong, weak
+    if router.models:
+        from switchllm.serving.pairs import known_name
+
+        known = known_name(router, strong), known_name(router, weak)
+        if known[0] and known[1]:
+            return known
     return None, None
 
 

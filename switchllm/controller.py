@@ -113,7 +113,8 @@ class Controller:
         return RouteRequest(router, threshold=check_threshold(threshold))
 
     def _threshold(self, request: RouteRequest) -> float:
-        return self.routers.threshold(request.router, request)
+        # out-of-range thresholds: a warning logged on first use (serving.thresholds)
+        return self.routers.resolve(request.router, request)[0]
 
     def _win_rates(self, router_name: str, prompts: Sequence[str]) -> np.ndarray:
         router = self.routers.get(router_name)

@@ -80,6 +80,16 @@ class RouterSet:
             return check_threshold(request.threshold)
         return resolve_threshold(router, name, request)
 
+    def resolve(self, name: str, request: RouteRequest) -> tuple[float, str | None]:
+        """The threshold to serve `request` with, and a warning when the client's threshold
+        is outside what the router's card saw in calibration (see serving.thresholds)."""
+        if not hasattr(self, "_advisor"):
+            from switchllm.serving.thresholds import ThresholdAdvisor
+
+            self._advisor = ThresholdAdvisor()
+        request, warning = self._advisor(self.get(name), name, request)
+        return self.threshold(name, request), warning
+
     # Mapping-style access, as RouteLLM's `controller.routers["mf"]`.
     def __getitem__(self, name: str) -> Router:
         return self.routers[name]

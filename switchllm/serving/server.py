@@ -221,10 +221,11 @@ class SwitchServer:
         stream = bool(payload.get("stream"))
         text = prompt_text(payload["messages"])
         decision: Decision | None = None
+        warning: str | None = None
         try:
             route = parse_router_model(model_name)
             if route is not None:
-                threshold = self.routers.threshold(route.router, route)
+                threshold, warning = self.routers.resolve(route.router, route)
                 decision = await self.routing.decide(route.router, threshold, text)
                 chosen = decision.model
             elif model_name in self.config.models:
@@ -244,6 +245,8 @@ class SwitchServer:
         if decision is not None:
             self.metrics.routing_seconds.labels(router_label).observe(decision.routing_s)
         headers = _routing_headers(decision)
+        if warning:
+            headers.append((b"x-switchllm-warning", warning.encode("ascii", "replace")))
         if stream:
             await self._chat_stream(
                 receive, send, payload, order, decision, headers, started, text

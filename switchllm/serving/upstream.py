@@ -19,6 +19,9 @@ from typing import Any
 from switchllm.serving.config import ModelSpec
 from switchllm.serving.http_pool import HTTPPool, HTTPPoolError, ReadTimeout, StreamResponse, Target
 
+CHAT_PATH = "/chat/completions"
+# Responses API stream events that end a stream (it sends no [DONE]).
+RESPONSE_END_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
 MAX_RETRY_AFTER_S = 2.0
 
@@ -57,6 +60,7 @@ class StreamState:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     content_chunks: int = 0
+    ended: bool = False  # a /responses stream's final event arrived
 
     def observe(self, event: dict[str, Any]) -> None:
         usage = event.get("usage")
@@ -67,6 +71,18 @@ class StreamState:
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
                 self.content_chunks += 1
+            elif isinstance(choice, dict) and choice.get("text"):  # /completions streams
+                self.content_chunks += 1
+        kind = event.get("type")
+        if isinstance(kind, str) and kind.startswith("response."):  # /responses streams
+            if kind.endswith(".delta"):
+                self.content_chunks += 1
+            self.ended = self.ended or kind in RESPONSE_END_EVENTS
+            response = event.get("response")
+            usage = response.get("usage") if isinstance(response, dict) else None
+            if isinstance(usage, dict):
+                self.prompt_tokens = _int(usage.get("input_tokens"))
+                self.completion_tokens = _int(usage.get("output_tokens"))
 
 
 @dataclass
@@ -103,6 +119,7 @@ class Upstreams:
         self.on_retry = on_retry
         self.client = HTTPPool(connect_timeout=connect_timeout, read_timeout=timeout)
         self._targets: dict[str, tuple[Target, dict[str, str]]] = {}
+        self._other_targets: dict[tuple[str, str], Target] = {}  # (model, path) beyond chat
         self._secrets: list[str] = []
         for name, spec in models.items():
             headers = {"content-type": "application/json", "accept": "application/json"}
@@ -119,6 +136,17 @@ class Upstreams:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def _target(self, model: str, path: str) -> tuple[Target, dict[str, str]]:
+        """The URL and headers for `path` (/chat/completions, /embeddings, ...) of `model`."""
+        url, headers = self._targets[model]
+        if path == CHAT_PATH:
+            return url, headers
+        key = (model, path)
+        if key not in self._other_targets:
+            self._other_targets[key] = Target.parse(
+                self.models[model].base_url.rstrip("/") + path)
+        return self._other_targets[key], headers
 
     # ---- secrets ------------------------------------------------------------------------
     def redact(self, text: str) -> str:
@@ -192,8 +220,10 @@ class Upstreams:
             delay = max(delay, error.retry_after)
         await asyncio.sleep(delay)
 
-    async def complete_one(self, model: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        url, headers = self._targets[model]
+    async def complete_one(
+        self, model: str, body: dict[str, Any], path: str = CHAT_PATH
+    ) -> tuple[dict[str, Any], int]:
+        url, headers = self._target(model, path)
         content = self._content(model, body)
         error: UpstreamError | None = None
         for attempt in range(self.retries + 1):
@@ -225,14 +255,16 @@ class Upstreams:
         assert error is not None
         raise error
 
-    async def complete(self, order: Sequence[str], body: dict[str, Any]) -> Completion:
+    async def complete(
+        self, order: Sequence[str], body: dict[str, Any], path: str = CHAT_PATH
+    ) -> Completion:
         """The first model in `order` that answers; later ones only if earlier ones fail."""
         started = time.perf_counter()
         attempts = 0
         error: UpstreamError | None = None
         for i, model in enumerate(order):
             try:
-                payload, used = await self.complete_one(model, body)
+                payload, used = await self.complete_one(model, body, path)
             except UpstreamError as exc:
                 attempts += self.retries + 1
                 error = exc
@@ -245,14 +277,16 @@ class Upstreams:
         raise error
 
     # ---- streaming ----------------------------------------------------------------------
-    async def open_stream(self, order: Sequence[str], body: dict[str, Any]) -> OpenStream:
+    async def open_stream(
+        self, order: Sequence[str], body: dict[str, Any], path: str = CHAT_PATH
+    ) -> OpenStream:
         """Start a stream on the first model in `order` that delivers a first token, retrying
         and falling back on failures before it; the caller relays `head` then `rest`."""
         started = time.perf_counter()
         error: UpstreamError | None = None
         attempts = 0
         for i, model in enumerate(order):
-            url, headers = self._targets[model]
+            url, headers = self._target(model, path)
             content = self._content(model, body)
             for attempt in range(self.retries + 1):
                 if attempt:
@@ -298,7 +332,7 @@ class Upstreams:
         try:
             async for event in events:
                 head.append(event)
-                if state.content_chunks or b"data: [DONE]\n\n" in event:
+                if state.content_chunks or state.ended or b"data: [DONE]\n\n" in event:
                     break
         except UpstreamError:
             await response.aclose()
@@ -346,7 +380,7 @@ async def _relay(
                 yield event
     finally:
         await response.aclose()
-    if not done:
+    if not done and not state.ended:
         raise UpstreamError(
             502, f"upstream model {model!r} ended the stream without [DONE]",
             code="upstream_stream_error", retry=True,
@@ -356,7 +390,10 @@ async def _relay(
 def _rewrite_event(
     raw: bytes, model: str, state: StreamState, redact: Callable[[str], str]
 ) -> bytes | None:
-    data_lines = [line[5:].lstrip() for line in raw.split(b"\n") if line.startswith(b"data:")]
+    lines = raw.split(b"\n")
+    data_lines = [line[5:].lstrip() for line in lines if line.startswith(b"data:")]
+    # Responses API streams name each event (`event: response.output_text.delta`): keep it.
+    names = [line for line in lines if line.startswith(b"event:")]
     if not data_lines:
         return None  # comments / keep-alives
     data = b"\n".join(data_lines)
@@ -376,10 +413,13 @@ def _rewrite_event(
                 502, f"upstream model {model!r} reported an error mid-stream: "
                 f"{redact(str(message))}", code="upstream_stream_error", retry=True,
             )
-        event["model"] = model
+        if isinstance(event.get("response"), dict):
+            event["response"]["model"] = model
+        else:
+            event["model"] = model
         state.observe(event)
     data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
-    return b"data: " + data + b"\n\n"
+    return (names[0] + b"\n" if names else b"") + b"data: " + data + b"\n\n"
 
 
 def _retry_after(value: str | None) -> float | None:

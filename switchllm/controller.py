@@ -4,17 +4,16 @@ RouteLLM's controller (change `from routellm.controller import Controller` to
 
     client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="gpt-4o-mini")
     response = client.chat.completions.create(
-        model="router-mf-0.11593", messages=[{"role": "user", "content": "Hello!"}])
+        model="router-mf-s0.5", messages=[{"role": "user", "content": "Hello!"}])
     response.model   # the model that answered
 
-`create(router="mf", threshold=0.116, ...)` works too, as does a strong share
+`create(router="mf", threshold=0.6, ...)` works too, as does a strong share
 (`model="router-mf-s0.3"`), `stream=True`, the async `acreate` (or `AsyncController`), and
 `route()` which only decides. Responses are the `openai` package's own types.
 
-Upstreams: `api_base`/`api_key` apply to both models; otherwise a serving YAML config (see
-switchllm.serving.config) or a RouteLLM/litellm-style provider prefix ("groq/llama3-8b-8192",
-"anyscale/...", "together_ai/...", "ollama_chat/...") picks the endpoint, and plain names go to
-OpenAI ($OPENAI_BASE_URL / $OPENAI_API_KEY).
+Upstreams: a serving YAML config (see switchllm.serving.config) or, for the models it does
+not describe, litellm-style resolution (switchllm.serving.providers): `api_base`/`api_key`,
+provider prefixes ("groq/llama3-8b-8192", "anyscale/..."), $OPENAI_BASE_URL / $OPENAI_API_KEY.
 """
 
 from __future__ import annotations
@@ -101,7 +100,7 @@ class Controller:
             if request is None:
                 raise ModelNameError(
                     f"model {model!r} is not a router model name: use "
-                    "router-<router>-<threshold> (e.g. router-mf-0.11593)"
+                    "router-<router>-<threshold> (e.g. router-mf-0.6) or router-<router>-s<share>"
                 )
             return request
         if router is None or threshold is None:

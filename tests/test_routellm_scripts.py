@@ -163,3 +163,48 @@ def test_routellm_eval_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     results = json.loads((tmp_path / "out" / "gsm8k.json").read_text())
     assert results["references"]["random"]["seeds"] == 3
     assert "random x3 seeds" in capsys.readouterr().out
+
+
+def test_routellm_readme_quickstart(openai_up: FakeUpstream, anyscale_up: FakeUpstream,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """RouteLLM's README quickstart, import changed; RouteLLM's 50%-strong mf threshold is
+    served as router-mf-s0.5."""
+    import os
+
+    from switchllm.controller import Controller
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-XXXXXX")
+    os.environ["ANYSCALE_API_KEY"] = "esecret_XXXXXX"  # as the quickstart sets it
+
+    client = Controller(
+        routers=["mf"],
+        strong_model="gpt-4-1106-preview",
+        weak_model="anyscale/mistralai/Mixtral-8x7B-Instruct-v0.1",
+    )
+    response = client.chat.completions.create(
+        # This tells RouteLLM to use the MF router with a cost threshold of 0.11593
+        model="router-mf-0.11593",
+        messages=[{"role": "user", "content": "Hello!"}],
+    )
+    assert response.choices[0]["message"]["content"] == "Hello from the upstream"
+    assert response.model in (STRONG, WEAK)
+    assert len(openai_up.seen) + len(anyscale_up.seen) == 1
+
+
+def test_routellm_local_models_doc(openai_up: FakeUpstream, anyscale_up: FakeUpstream,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/routing_to_local_models.md: GPT-4 strong, Ollama's llama3 weak."""
+    monkeypatch.setenv("OLLAMA_API_BASE", anyscale_up.base_url.removesuffix("/v1"))
+    args = build_parser().parse_args(["--routers", "mf", "--strong-model", "gpt-4-1106-preview",
+                                      "--weak-model", "ollama_chat/llama3"])
+    server = ServerThread(create_app(serve.config_from_args(args))).start()
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="no_api_key")
+        for threshold in ("0", "1"):
+            client.chat.completions.create(model=f"router-mf-{threshold}",
+                                           messages=[{"role": "user", "content": "Hello!"}])
+        assert [s.model for s in openai_up.seen] == ["gpt-4-1106-preview"]
+        (local,) = anyscale_up.seen
+        assert local.model == "llama3" and "authorization" not in local.headers
+    finally:
+        server.stop()

@@ -208,3 +208,17 @@ def test_routellm_local_models_doc(openai_up: FakeUpstream, anyscale_up: FakeUps
         assert local.model == "llama3" and "authorization" not in local.headers
     finally:
         server.stop()
+
+
+def test_calibrate_on_one_calibration_set(capsys: pytest.CaptureFixture) -> None:
+    from switchllm.routers import load_router
+
+    assert main(["calibrate", "--router", "mf", "--strong-pct", "0.5",
+                 "--calibration-set", "arena-hard"]) == 0
+    out = capsys.readouterr().out
+    expected = load_router("mf").threshold_for_strong_share(0.5, "arena-hard")
+    assert f"threshold = {expected:.5f}  (from the router card's arena-hard" in out
+    assert main(["calibrate", "--router", "mf", "--strong-pct", "0.5",
+                 "--calibration-set", "nope"]) == 2
+    assert "no calibration set 'nope'; it has: llmrouter, arena-hard, validation" in \
+        capsys.readouterr().err

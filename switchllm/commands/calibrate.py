@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "or a plain text file with one prompt per line")
     source.add_argument("--from-log", action="store_true",
                         help="use the prompt texts in the decision log")
+    source.add_argument("--calibration-set", default=None, metavar="NAME",
+                        help="use the card's quantiles on one prompt set (shipped cards: "
+                        "llmrouter, arena-hard, validation) instead of its chat quantiles")
     parser.add_argument("--log", default=DEFAULT_LOG_PATH, help="decision log path")
     parser.add_argument("--strong-model", default=None, help="served strong model (only for "
                         "routers that score specific models)")
@@ -140,8 +143,9 @@ def _calibrate_one(args: argparse.Namespace, name: str, spec: str, prompts: list
         threshold = threshold_for(np.concatenate(rates), args.strong_pct)
         basis = f"{len(prompts)} prompts from {source}"
     else:
-        threshold = router.threshold_for_strong_share(args.strong_pct)
-        basis = "the router card's calibration quantiles"
+        threshold = router.threshold_for_strong_share(args.strong_pct, args.calibration_set)
+        basis = ("the router card's calibration quantiles" if args.calibration_set is None
+                 else f"the router card's {args.calibration_set} calibration quantiles")
     label = Path(name).name
     print(f"For {args.strong_pct * 100:.1f}% strong model calls for {label}, "
           f"threshold = {threshold:.5f}  (from {basis})")

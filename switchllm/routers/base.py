@@ -89,15 +89,24 @@ class Router(ABC):
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.params}
 
-    def threshold_for_strong_share(self, share: float) -> float:
+    def threshold_for_strong_share(self, share: float, calibration_set: str | None = None
+                                   ) -> float:
         """The threshold that sends about `share` of calls to the strong model, from the
-        calibration quantiles stored on the card (win rates of the training prompts)."""
+        calibration quantiles stored on the card (or those of one `calibration_set`, e.g.
+        "arena-hard", kept under `calibration_sets`)."""
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"strong share must be in [0, 1], got {share}")
-        quantiles = self.card_info.get("calibration", {}).get("quantiles")
+        calibration = self.card_info.get("calibration", {})
+        if calibration_set is not None:
+            sets = self.card_info.get("calibration_sets", {})
+            if calibration_set not in sets:
+                raise CardError(f"the {self.kind} router card has no calibration set "
+                                f"{calibration_set!r}; it has: {', '.join(sets) or 'none'}")
+            calibration = sets[calibration_set]
+        quantiles = calibration.get("quantiles")
         if not quantiles:
             raise CardError(f"the {self.kind} router has no calibration quantiles on its card")
-        levels = np.asarray(self.card_info["calibration"]["levels"], dtype=float)
+        levels = np.asarray(calibration["levels"], dtype=float)
         return float(np.interp(1.0 - share, levels, np.asarray(quantiles, dtype=float)))
 
     # ---- RouteLLM's single-prompt interface ------------------------------------------------

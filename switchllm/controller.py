@@ -4,23 +4,22 @@ RouteLLM's controller (change `from routellm.controller import Controller` to
 
     client = Controller(routers=["mf"], strong_model="gpt-4o", weak_model="gpt-4o-mini")
     response = client.chat.completions.create(
-        model="router-mf-0.11593", messages=[{"role": "user", "content": "Hello!"}])
+        model="router-mf-s0.5", messages=[{"role": "user", "content": "Hello!"}])
     response.model   # the model that answered
 
-`create(router="mf", threshold=0.116, ...)` works too, as does a strong share
+`create(router="mf", threshold=0.6, ...)` works too, as does a strong share
 (`model="router-mf-s0.3"`), `stream=True`, the async `acreate` (or `AsyncController`), and
 `route()` which only decides. Responses are the `openai` package's own types.
 
-Upstreams: `api_base`/`api_key` apply to both models; otherwise a serving YAML config (see
-switchllm.serving.config) or a RouteLLM/litellm-style provider prefix ("groq/llama3-8b-8192",
-"anyscale/...", "together_ai/...", "ollama_chat/...") picks the endpoint, and plain names go to
-OpenAI ($OPENAI_BASE_URL / $OPENAI_API_KEY).
+Upstreams: a serving YAML config (see switchllm.serving.config) or, for the models it does
+not describe, litellm-style resolution (switchllm.serving.providers): `api_base`/`api_key`,
+provider prefixes ("groq/llama3-8b-8192", "anyscale/..."), $OPENAI_BASE_URL / $OPENAI_API_KEY.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from switchllm.compat import (
+    GPT_4_AUGMENTED_CONFIG,
+    ModelPair,
+    RoutingError,
+    split_extra_kwargs,
+    with_dict_access,
+)
 from switchllm.errors import SwitchLLMError
 from switchllm.serving import (
     ModelNameError,
@@ -45,21 +51,12 @@ from switchllm.serving import (
     router_pair,
     routers_from,
 )
+from switchllm.serving.pairs import state_pairs
+from switchllm.serving.providers import resolve_model
 
-# litellm-style provider prefixes RouteLLM users write: prefix -> (base URL, key env var).
-PROVIDERS: dict[str, tuple[str, str | None]] = {
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "anyscale": ("https://api.endpoints.anyscale.com/v1", "ANYSCALE_API_KEY"),
-    "groq": ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
-    "together_ai": ("https://api.together.xyz/v1", "TOGETHERAI_API_KEY"),
-    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
-    "mistral": ("https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
-    "deepinfra": ("https://api.deepinfra.com/v1/openai", "DEEPINFRA_API_KEY"),
-    "fireworks_ai": ("https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY"),
-    "ollama": ("http://localhost:11434/v1", None),
-    "ollama_chat": ("http://localhost:11434/v1", None),
-}
+__all__ = ["GPT_4_AUGMENTED_CONFIG", "AsyncController", "Controller", "ModelPair", "RoutingError"]
 
+log = logging.getLogger("switchllm.controller")
 
 class Controller:
     """Routes chat completions between a strong and a weak model (RouteLLM-compatible)."""
@@ -81,12 +78,14 @@ class Controller:
             raw = dict(config)
         self.strong_model = strong_model
         self.weak_model = weak_model
+        self.model_pair = ModelPair(strong=strong_model, weak=weak_model)
         self.api_base = api_base
         self.api_key = api_key
         self.progress_bar = progress_bar
         if strong_model == weak_model:
             raise SwitchLLMError(f"strong and weak model are the same: {strong_model!r}")
         self.routers = RouterSet(routers_from(list(routers), raw))
+        state_pairs(self.routers.routers, strong_model, weak_model)
         self.model_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._specs = self._model_specs(raw, config if isinstance(config, str | Path) else None)
         self._clients: dict[tuple[str, bool], Any] = {}
@@ -102,7 +101,7 @@ class Controller:
             if request is None:
                 raise ModelNameError(
                     f"model {model!r} is not a router model name: use "
-                    "router-<router>-<threshold> (e.g. router-mf-0.11593)"
+                    "router-<router>-<threshold> (e.g. router-mf-0.6) or router-<router>-s<share>"
                 )
             return request
         if router is None or threshold is None:
@@ -114,7 +113,8 @@ class Controller:
         return RouteRequest(router, threshold=check_threshold(threshold))
 
     def _threshold(self, request: RouteRequest) -> float:
-        return self.routers.threshold(request.router, request)
+        # out-of-range thresholds: a warning logged on first use (serving.thresholds)
+        return self.routers.resolve(request.router, request)[0]
 
     def _win_rates(self, router_name: str, prompts: Sequence[str]) -> np.ndarray:
         router = self.routers.get(router_name)
@@ -135,23 +135,25 @@ class Controller:
             return type(prompts)(rates, index=prompts.index)
         return rates
 
-    def _decide(self, kwargs: dict[str, Any], router: str | None, threshold: Any) -> str:
+    def _decide(
+        self, kwargs: dict[str, Any], router: str | None, threshold: Any
+    ) -> tuple[str, str]:
         request = self._request(kwargs.get("model"), router, threshold)
         value = self._threshold(request)
         prompt = prompt_text(kwargs.get("messages") or [])
         model = choose(float(self._win_rates(request.router, [prompt])[0]), value,
                        self.strong_model, self.weak_model)
-        self.model_counts[request.router][model] += 1
-        return model
+        return request.router, model
 
-    async def _adecide(self, kwargs: dict[str, Any], router: str | None, threshold: Any) -> str:
+    async def _adecide(
+        self, kwargs: dict[str, Any], router: str | None, threshold: Any
+    ) -> tuple[str, str]:
         request = self._request(kwargs.get("model"), router, threshold)
         value = self._threshold(request)
         prompt = prompt_text(kwargs.get("messages") or [])
         rates = await asyncio.to_thread(self._win_rates, request.router, [prompt])
         model = choose(float(rates[0]), value, self.strong_model, self.weak_model)
-        self.model_counts[request.router][model] += 1
-        return model
+        return request.router, model
 
     # ---- upstream clients -----------------------------------------------------------------
     def _model_specs(self, raw: dict[str, Any], path: str | Path | None) -> dict[str, ModelSpec]:
@@ -163,18 +165,7 @@ class Controller:
         for name in (self.strong_model, self.weak_model):
             if name in specs and name in (raw.get("models") or {}):
                 continue
-            if self.api_base:
-                specs[name] = ModelSpec(name=name, base_url=self.api_base, api_key=self.api_key)
-                continue
-            prefix, sep, rest = name.partition("/")
-            if sep and prefix in PROVIDERS:
-                base, env = PROVIDERS[prefix]
-                specs[name] = ModelSpec(name=name, base_url=base, api_key_env=env,
-                                        api_key=self.api_key, upstream_model=rest)
-            else:
-                base = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
-                specs[name] = ModelSpec(name=name, base_url=base, api_key_env="OPENAI_API_KEY",
-                                        api_key=self.api_key)
+            specs[name] = resolve_model(name, base_url=self.api_base, api_key=self.api_key)
         return specs
 
     def _client(self, model: str, is_async: bool) -> Any:
@@ -204,22 +195,26 @@ class Controller:
     ) -> Any:
         """`chat.completions.create`: route, then call the chosen model (falling back to the
         other one if it fails to answer)."""
-        model = self._decide(kwargs, router, threshold)
-        return self._call(model, kwargs, fallback=True)
+        router_name, model = self._decide(kwargs, router, threshold)
+        response = self._call(model, kwargs, fallback=True)
+        self.model_counts[router_name][response.model] += 1
+        return response
 
     def _call(self, model: str, kwargs: dict[str, Any], fallback: bool) -> Any:
         import openai
 
-        sent = {**kwargs, "model": self._specs[model].sent_name}
+        sent = split_extra_kwargs({**kwargs, "model": self._specs[model].sent_name})
         try:
             response = self._client(model, False).chat.completions.create(**sent)
         except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError,
-                openai.AuthenticationError):
+                openai.AuthenticationError) as exc:
             if not fallback:
                 raise
+            _warn_fallback(model, self._other(model), exc)
             return self._call(self._other(model), kwargs, fallback=False)
         if kwargs.get("stream"):
             return RoutedStream(response, model)
+        response = with_dict_access(response)
         response.model = model
         return response
 
@@ -227,24 +222,35 @@ class Controller:
         self, *, router: str | None = None, threshold: float | None = None, **kwargs: Any
     ) -> Any:
         """The async variant (`chat.completions.acreate`)."""
-        model = await self._adecide(kwargs, router, threshold)
-        return await self._acall(model, kwargs, fallback=True)
+        router_name, model = await self._adecide(kwargs, router, threshold)
+        response = await self._acall(model, kwargs, fallback=True)
+        self.model_counts[router_name][response.model] += 1
+        return response
 
     async def _acall(self, model: str, kwargs: dict[str, Any], fallback: bool) -> Any:
         import openai
 
-        sent = {**kwargs, "model": self._specs[model].sent_name}
+        sent = split_extra_kwargs({**kwargs, "model": self._specs[model].sent_name})
         try:
             response = await self._client(model, True).chat.completions.create(**sent)
         except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError,
-                openai.AuthenticationError):
+                openai.AuthenticationError) as exc:
             if not fallback:
                 raise
+            _warn_fallback(model, self._other(model), exc)
             return await self._acall(self._other(model), kwargs, fallback=False)
         if kwargs.get("stream"):
             return AsyncRoutedStream(response, model)
+        response = with_dict_access(response)
         response.model = model
         return response
+
+
+def _warn_fallback(failed: str, other: str, exc: Exception) -> None:
+    # The error's class and status only: its message may quote the request or the key.
+    status = getattr(exc, "status_code", None)
+    log.warning("model %r failed (%s%s); %r answers instead", failed, type(exc).__name__,
+                f" HTTP {status}" if status else "", other)
 
 
 class AsyncController(Controller):
@@ -267,6 +273,7 @@ class RoutedStream:
 
     def __iter__(self) -> Iterator[Any]:
         for chunk in self._stream:
+            chunk = with_dict_access(chunk)
             chunk.model = self.model
             yield chunk
 
@@ -288,6 +295,7 @@ class AsyncRoutedStream:
 
     async def __aiter__(self):  # noqa: ANN204 - async generator
         async for chunk in self._stream:
+            chunk = with_dict_access(chunk)
             chunk.model = self.model
             yield chunk
 

@@ -47,6 +47,7 @@ class Seen:
     model: str
     body: dict[str, Any]
     headers: dict[str, str]
+    path: str = "/v1/chat/completions"
 
 
 @dataclass
@@ -146,6 +147,58 @@ class FakeUpstream:
             "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n},
         }
 
+    def answer_other(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """/embeddings, /completions and /responses answers."""
+        model = str(body.get("model"))
+        reply = self.behaviour(model).reply
+        if path.endswith("/embeddings"):
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            return {"object": "list", "model": model + "-upstream-version",
+                    "data": [{"object": "embedding", "index": i,
+                              "embedding": [float(len(str(text))), 1.0, 0.5]}
+                             for i, text in enumerate(inputs)],
+                    "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+        if path.endswith("/completions"):
+            return {"id": "cmpl-fake", "object": "text_completion", "created": 1,
+                    "model": model + "-upstream-version",
+                    "choices": [{"index": 0, "text": reply, "finish_reason": "stop",
+                                 "logprobs": None}],
+                    "usage": {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}}
+        return self.response_object(model, reply, "completed")
+
+    @staticmethod
+    def response_object(model: str, text: str, status: str) -> dict[str, Any]:
+        output = [{"type": "message", "id": "msg_fake", "status": status, "role": "assistant",
+                   "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+        return {"id": "resp_fake", "object": "response", "created_at": 1, "status": status,
+                "model": model + "-upstream-version", "output": output if text else [],
+                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                "usage": {"input_tokens": 6, "output_tokens": 5, "total_tokens": 11}}
+
+    def response_stream_events(self, body: dict[str, Any]) -> list[bytes]:
+        model = str(body.get("model"))
+        reply = self.behaviour(model).reply
+
+        def event(obj: dict[str, Any]) -> bytes:
+            return b"event: %s\ndata: %s\n\n" % (obj["type"].encode(), json.dumps(obj).encode())
+
+        events = [event({"type": "response.created", "sequence_number": 0,
+                         "response": self.response_object(model, "", "in_progress")}),
+                  event({"type": "response.output_item.added", "sequence_number": 0,
+                         "output_index": 0, "item": {"type": "message", "id": "msg_fake",
+                                                     "status": "in_progress",
+                                                     "role": "assistant", "content": []}}),
+                  event({"type": "response.content_part.added", "sequence_number": 0,
+                         "item_id": "msg_fake", "output_index": 0, "content_index": 0,
+                         "part": {"type": "output_text", "text": "", "annotations": []}})]
+        for i, word in enumerate(reply.split(" ")):
+            events.append(event({"type": "response.output_text.delta", "sequence_number": i + 1,
+                                 "item_id": "msg_fake", "output_index": 0, "content_index": 0,
+                                 "delta": word if i == 0 else " " + word, "logprobs": []}))
+        events.append(event({"type": "response.completed", "sequence_number": 99,
+                             "response": self.response_object(model, reply, "completed")}))
+        return events
+
     def stream_events(self, body: dict[str, Any]) -> list[bytes]:
         model = str(body.get("model"))
         b = self.behaviour(model)
@@ -223,20 +276,22 @@ class _Connection(asyncio.Protocol):
             return
         model = str(body.get("model"))
         up = self.upstream
+        path = request_line.split(" ")[1] if " " in request_line else ""
         if up.record:
-            up.seen.append(Seen(model, body, headers))
+            up.seen.append(Seen(model, body, headers, path))
         b = up.behaviour(model)
         if b.drop_connection:
             self.transport.close()
             return
         if b.delay_s:
             asyncio.get_running_loop().call_later(
-                b.delay_s, self.reply, body, model, headers.get("authorization", "")
+                b.delay_s, self.reply, body, model, headers.get("authorization", ""), path
             )
         else:
-            self.reply(body, model, headers.get("authorization", ""))
+            self.reply(body, model, headers.get("authorization", ""), path)
 
-    def reply(self, body: dict[str, Any], model: str, auth: str) -> None:
+    def reply(self, body: dict[str, Any], model: str, auth: str,
+              path: str = "/v1/chat/completions") -> None:
         assert self.transport is not None
         if self.transport.is_closing():
             return
@@ -250,8 +305,10 @@ class _Connection(asyncio.Protocol):
                                             "type": "server_error", "code": None}},
                          {"retry-after": retry_after} if retry_after else None)
             return
-        if body.get("stream"):
-            self.stream(body, model)
+        if not path.endswith("/chat/completions") and not body.get("stream"):
+            self.respond(200, self.upstream.answer_other(path, body))
+        elif body.get("stream"):
+            self.stream(body, model, path)
         elif self.upstream.behaviour(model).drip_s:
             self.drip(self.upstream.answer(body), self.upstream.behaviour(model).drip_s)
         else:
@@ -281,9 +338,19 @@ class _Connection(asyncio.Protocol):
             % (status, len(data), extra, data)
         )
 
-    def stream(self, body: dict[str, Any], model: str) -> None:
+    def stream(self, body: dict[str, Any], model: str, path: str = "/chat/completions") -> None:
         assert self.transport is not None
-        events = self.upstream.stream_events(body)
+        if path.endswith("/responses"):
+            events = self.upstream.response_stream_events(body)
+        elif path.endswith("/completions") and not path.endswith("/chat/completions"):
+            events = [b"data: " + json.dumps({
+                "id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "text": word if i == 0 else " " + word,
+                             "finish_reason": None}]}).encode()
+                + b"\n\n" for i, word in enumerate(self.upstream.behaviour(model).reply.split(" "))]
+            events.append(b"data: [DONE]\n\n")
+        else:
+            events = self.upstream.stream_events(body)
         drop = self.upstream.behaviour(model).drop_stream_after
         delay = self.upstream.behaviour(model).chunk_delay_s
         if delay:

@@ -199,7 +199,7 @@ def test_models_health_and_metrics(server: ServerThread, client: openai.OpenAI) 
     ids = [m.id for m in client.models.list()]
     assert "router-random-s0.5" in ids and "router-keyword-s0.5" in ids
     assert "strong" in ids and "weak" in ids
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    assert httpx.get(server.url + "/health").json()["status"] == "online"
     client.chat.completions.create(model="router-random-1", messages=HELLO)
     metrics = httpx.get(server.url + "/metrics").text
     assert 'switchllm_requests_total{model="weak",router="random",status="200"}' in metrics

@@ -146,4 +146,6 @@ def test_serve_command_end_to_end(tmp_path: Path) -> None:
     from switchllm.serving.decision_log import read_records
 
     rows = list(read_records(tmp_path / "log.sqlite"))  # flushed at shutdown
-    assert [(r["router"], r["model"], r["status"]) for r in rows] == [("random", "strong", 200)]
+    # the unauthenticated call is counted as a rejection (issue 10: 4xx outcomes in stats)
+    assert sorted((r["router"], r["model"] or "", r["status"]) for r in rows) == [
+        ("(rejected)", "", 401), ("random", "strong", 200)]

@@ -80,7 +80,7 @@ def test_yaml_config_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ("routers: [random]\nstrong_model: a\nweak_model: b\nserver: {port: abc}\n",
          "server.port must be a int"),
         ("routers: [random]\nstrong_model: a\nweak_model: a\n", "the same"),
-        ("routers: [random]\nstrong_model: a\n", "weak_model is not set"),
+        ("routers: [random]\nstrong_model: a\nweak_model: foo/b\n", "unknown provider prefix"),
         ("[1, 2", "not valid YAML"),
     ],
 )

@@ -19,14 +19,26 @@ BATCH = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--router", required=True, help="router name or card directory")
+    parser.add_argument("--router", "--routers", dest="routers", nargs="+", required=True,
+                        help="router names or card directories")
     parser.add_argument("--strong-pct", "--strong-model-pct", dest="strong_pct", type=float,
                         required=True, help="share of calls to send to the strong model, 0..1")
+    routellm = parser.add_argument_group("RouteLLM's flags (its command lines run unchanged)")
+    routellm.add_argument("--task", choices=["calibrate", "generate"], default="calibrate",
+                          help="calibrate (the default) prints thresholds; RouteLLM's generate "
+                          "uploads win rates to a model hub, which switchllm never does")
+    routellm.add_argument("--config", default=None, help="RouteLLM router config YAML (a "
+                          "section whose checkpoint_path is a local card directory uses it)")
+    routellm.add_argument("--battles_dataset", "--battles-dataset", default=None,
+                          help="accepted for --task generate only; use --prompts FILE")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompts", help="JSONL with a prompt or messages field per line, "
                         "or a plain text file with one prompt per line")
     source.add_argument("--from-log", action="store_true",
                         help="use the prompt texts in the decision log")
+    source.add_argument("--calibration-set", default=None, metavar="NAME",
+                        help="use the card's quantiles on one prompt set (shipped cards: "
+                        "llmrouter, arena-hard, validation) instead of its chat quantiles")
     parser.add_argument("--log", default=DEFAULT_LOG_PATH, help="decision log path")
     parser.add_argument("--strong-model", default=None, help="served strong model (only for "
                         "routers that score specific models)")
@@ -52,14 +64,32 @@ def read_prompts(path: str | Path) -> list[str]:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
             if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-                prompts.append(record["prompt"])
+                prompts.append(_first_turn(record["prompt"]))
+            elif isinstance(record, dict) and isinstance(record.get("turns"), list) and \
+                    record["turns"] and isinstance(record["turns"][0], str):
+                # MT-Bench's question.jsonl: routers score the first turn (what a user sends
+                # before any answer exists)
+                prompts.append(record["turns"][0])
             elif isinstance(record, dict) and isinstance(record.get("messages"), list):
                 prompts.append(prompt_text(record["messages"]))
             else:
-                raise DataError(f"{path}:{number}: needs a 'prompt' string or a 'messages' list")
+                raise DataError(f"{path}:{number}: needs a 'prompt' string, a 'messages' list "
+                                "or a 'turns' list")
     if not prompts:
         raise DataError(f"{path} holds no prompts")
     return prompts
+
+
+def _first_turn(prompt: str) -> str:
+    """Arena exports store `prompt` as a JSON list of turns (`'["Hi", "More"]'`): the first."""
+    if prompt.startswith("[") and prompt.endswith("]"):
+        try:
+            turns = json.loads(prompt)
+        except ValueError:
+            return prompt
+        if isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns):
+            return turns[0]
+    return prompt
 
 
 def threshold_for(rates: np.ndarray, strong_pct: float) -> float:
@@ -67,36 +97,56 @@ def threshold_for(rates: np.ndarray, strong_pct: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from switchllm.serving import load_yaml, routers_from
+
+    if args.task == "generate":
+        raise SwitchLLMError(
+            "--task generate computes win rates over a hub dataset and uploads them; switchllm "
+            "calibrates from the router card's quantiles, --prompts FILE or --from-log instead"
+        )
+    if not 0.0 <= args.strong_pct <= 1.0:
+        raise SwitchLLMError(f"--strong-pct must be in [0, 1], got {args.strong_pct}")
+    raw = load_yaml(args.config) if args.config else {}
+    specs = routers_from(list(args.routers), raw)
+    prompts, source = _prompts(args)
+    for name, spec in specs.items():
+        _calibrate_one(args, name, spec, prompts, source)
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> tuple[list[str] | None, str]:
+    if args.prompts:
+        return read_prompts(args.prompts), args.prompts
+    if args.from_log:
+        from switchllm.serving import logged_prompts
+
+        return logged_prompts(args.log), f"the decision log {args.log}"
+    return None, ""
+
+
+def _calibrate_one(args: argparse.Namespace, name: str, spec: str, prompts: list[str] | None,
+                   source: str) -> None:
     from switchllm.routers import load_router
     from switchllm.serving import router_pair
 
-    if not 0.0 <= args.strong_pct <= 1.0:
-        raise SwitchLLMError(f"--strong-pct must be in [0, 1], got {args.strong_pct}")
-    router = load_router(args.router)
-    if args.prompts or args.from_log:
-        if args.prompts:
-            prompts = read_prompts(args.prompts)
-            source = args.prompts
-        else:
-            from switchllm.serving import logged_prompts
-
-            prompts = logged_prompts(args.log)
-            source = f"the decision log {args.log}"
+    router = load_router(spec)
+    if prompts is not None:
         strong, weak = (None, None)
         if args.strong_model and args.weak_model:
             strong, weak = router_pair(router, args.strong_model, args.weak_model)
         from tqdm import tqdm
 
         rates = []
-        for start in tqdm(range(0, len(prompts), BATCH), desc="win rates", unit="batch",
-                          disable=len(prompts) <= BATCH):
+        for start in tqdm(range(0, len(prompts), BATCH), desc=f"win rates ({name})",
+                          unit="batch", disable=len(prompts) <= BATCH):
             rates.append(np.asarray(router.win_rate(prompts[start:start + BATCH], strong, weak)))
         threshold = threshold_for(np.concatenate(rates), args.strong_pct)
         basis = f"{len(prompts)} prompts from {source}"
     else:
-        threshold = router.threshold_for_strong_share(args.strong_pct)
-        basis = "the router card's calibration quantiles"
-    print(f"For {args.strong_pct * 100:.1f}% strong model calls for {args.router}, "
+        threshold = router.threshold_for_strong_share(args.strong_pct, args.calibration_set)
+        basis = ("the router card's calibration quantiles" if args.calibration_set is None
+                 else f"the router card's {args.calibration_set} calibration quantiles")
+    label = Path(name).name
+    print(f"For {args.strong_pct * 100:.1f}% strong model calls for {label}, "
           f"threshold = {threshold:.5f}  (from {basis})")
-    print(f"Use model name router-{Path(args.router).name}-{threshold:.5f}")
-    return 0
+    print(f"Use model name router-{label}-{threshold:.5f}")

@@ -37,6 +37,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "benchmark (and sets sharing its prompts, and MT-Bench)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random and CV folds")
     parser.add_argument("--batch-size", type=int, default=256, help="prompts per router call")
+    routellm = parser.add_argument_group("RouteLLM's flags (its command lines run unchanged)")
+    routellm.add_argument("--config", default=None, help="RouteLLM router config YAML: a "
+                          "router section whose checkpoint_path is a local card directory uses "
+                          "that card; others use the shipped card")
+    routellm.add_argument("--random-iters", type=int, default=10, metavar="N",
+                          help="seeds averaged for the random router reference (default 10)")
+    routellm.add_argument("--parallel", type=int, default=None, metavar="N",
+                          help="CPU threads for router compute (default: torch's choice)")
+    routellm.add_argument("--overwrite-cache", nargs="*", default=[], metavar="ROUTER",
+                          help="accepted; switchllm caches no results (win rates are "
+                          "recomputed every run, only embeddings are cached)")
+    routellm.add_argument("--num-results", type=int, default=None, metavar="N",
+                          help="accepted; curves and metrics use every threshold on a fixed "
+                          "quantile grid, not N sampled thresholds")
 
 
 def _split(values: list[str]) -> list[str]:
@@ -67,6 +81,15 @@ def _routers(values: list[str], retrain: bool) -> list[str]:
     if not names:
         raise SwitchLLMError("no router given to --routers")
     return list(dict.fromkeys(names))
+
+
+def _with_config(values: list[str], config: str | None) -> list[str]:
+    """Router specs after RouteLLM's per-router config (`mf: {checkpoint_path: DIR}`)."""
+    if not config:
+        return values
+    from switchllm.serving import load_yaml, routers_from
+
+    return list(routers_from(_split(values), load_yaml(config)).values())
 
 
 def _output_dir(path: str) -> Path:
@@ -112,14 +135,23 @@ def run(args: argparse.Namespace) -> int:
     from switchllm.evaluation.runner import EvalSettings, choose_pair, evaluate, write_results
 
     benchmarks = _benchmarks(args.benchmark)
-    routers = _routers(args.routers, retrain=args.cv is not None or args.leave_out)
+    routers = _routers(_with_config(args.routers, args.config),
+                       retrain=args.cv is not None or args.leave_out)
+    if args.random_iters < 1:
+        raise SwitchLLMError(f"--random-iters must be positive, got {args.random_iters}")
+    if args.parallel is not None:
+        if args.parallel < 1:
+            raise SwitchLLMError(f"--parallel must be positive, got {args.parallel}")
+        import torch
+
+        torch.set_num_threads(args.parallel)
     if args.cv is not None and args.cv < 2:
         raise SwitchLLMError(f"--cv needs at least 2 folds, got {args.cv}")
     if args.batch_size < 1:
         raise SwitchLLMError(f"--batch-size must be positive, got {args.batch_size}")
     mode = "cv" if args.cv is not None else "leave-out" if args.leave_out else "plain"
     settings = EvalSettings(mode=mode, cv_folds=args.cv or 5, seed=args.seed,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, random_iters=args.random_iters)
     output = _output_dir(args.output)
     # Several benchmarks: one lacking the pair falls back to its own default pair (with a note).
     fallback = len(benchmarks) > 1

@@ -4,16 +4,25 @@ for many upstream models)."""
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import signal
 
+from switchllm.errors import SwitchLLMError
 from switchllm.serving import DEFAULT_LOG_PATH, DEFAULT_PORT
+
+# How `--workers N` hands the parsed flags to each uvicorn worker process.
+WORKER_ARGS_ENV = "SWITCHLLM_SERVE_ARGS"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--routers", nargs="+", help="routers to serve: names (mf, random), "
                         "card directories, or NAME=CARD_DIR")
-    parser.add_argument("--strong-model", help="the strong (expensive) model")
-    parser.add_argument("--weak-model", help="the weak (cheap) model")
+    parser.add_argument("--strong-model", help="the strong (expensive) model (default: "
+                        "RouteLLM's gpt-4-1106-preview)")
+    parser.add_argument("--weak-model", help="the weak (cheap) model (default: RouteLLM's "
+                        "anyscale/mistralai/Mixtral-8x7B-Instruct-v0.1)")
     parser.add_argument("--config", help="YAML config: models (base URL, key env var, prices), "
                         "routers, server and log settings")
     parser.add_argument("--base-url", help="OpenAI-compatible base URL for models the config "
@@ -42,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-threads", type=int, default=None,
                         help="torch threads for router compute (default: all cores; use 1 on "
                         "a host busy with other work)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="server processes (RouteLLM's flag; default 1). Each loads the "
+                        "routers and keeps its own /metrics; all append to one decision log")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log every routing decision (INFO) to stderr")
 
 
 def config_from_args(args: argparse.Namespace):  # -> ServingConfig
@@ -71,18 +85,46 @@ def run(args: argparse.Namespace) -> int:
 
     from switchllm.serving import create_app
 
-    config = config_from_args(args)
-    app = create_app(config)
+    if args.workers < 0:
+        raise SwitchLLMError(f"--workers must be 0 or more, got {args.workers}")
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = config_from_args(args)  # errors surface here, before any worker starts
     where = f"http://{config.host}:{config.port}"
     print(f"switchllm: serving routers {', '.join(config.routers)} "
           f"(strong {config.strong_model}, weak {config.weak_model}) on {where}/v1")
     if not config.api_keys and config.host not in ("127.0.0.1", "localhost", "::1"):
         print("switchllm: warning: listening beyond loopback without client API keys "
               "(--api-keys)")
+    options = {"host": config.host, "port": config.port, "log_level": "warning",
+               "access_log": False, "lifespan": "on", "timeout_keep_alive": 30,
+               "timeout_graceful_shutdown": config.shutdown_grace_s}
+    if args.workers > 1:
+        os.environ[WORKER_ARGS_ENV] = json.dumps(
+            {k: v for k, v in vars(args).items() if not k.startswith("_")})
+        uvicorn.run("switchllm.commands.serve:app_from_environment", factory=True,
+                    workers=args.workers, **options)
+        return 0
+    from switchllm.serving.pairs import state_pairs
+
+    app = create_app(config)
+    for line in state_pairs(app.routers.routers, config.strong_model, config.weak_model):
+        print(f"switchllm: {line}")
     if app.log is not None:
         # SIGHUP would otherwise kill the server unflushed; here it writes the log and serves on.
         signal.signal(signal.SIGHUP, lambda *_: app.log.flush_now())
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
-                access_log=False, lifespan="on", timeout_keep_alive=30,
-                timeout_graceful_shutdown=config.shutdown_grace_s)
+    uvicorn.run(app, **options)
     return 0
+
+
+def app_from_environment():  # noqa: ANN201 - the ASGI app of one `--workers` process
+    from switchllm.serving import create_app
+
+    args = argparse.Namespace(**json.loads(os.environ[WORKER_ARGS_ENV]))
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from switchllm.serving.pairs import state_pairs
+
+    app = create_app(config_from_args(args))
+    state_pairs(app.routers.routers, app.config.strong_model, app.config.weak_model)
+    return app

@@ -41,6 +41,7 @@ class EvalSettings:
     cv_folds: int = 5
     seed: int = 0
     batch_size: int = BATCH_SIZE
+    random_iters: int = len(metrics.RANDOM_SEEDS)  # seeds averaged for the random reference
 
 
 def choose_pair(benchmark: Benchmark, strong: str | None, weak: str | None,
@@ -172,7 +173,8 @@ def evaluate(benchmark: Benchmark, routers: Sequence[str], strong: str, weak: st
     cs = benchmark.cost[rows, si] if has_cost else None
     cw = benchmark.cost[rows, wi] if has_cost else None
 
-    random_curve, random_metrics = metrics.random_reference(qs, qw)
+    random_curve, random_metrics = metrics.random_reference(
+        qs, qw, seeds=tuple(range(settings.random_iters)))
     oracle = metrics.oracle_curve(qs, qw)
     results: dict[str, Any] = {
         "benchmark": benchmark.name,
@@ -190,7 +192,7 @@ def evaluate(benchmark: Benchmark, routers: Sequence[str], strong: str, weak: st
         "references": {
             "weak": {"model": weak, "quality": weak_q},
             "strong": {"model": strong, "quality": strong_q},
-            "random": {**random_metrics, "seeds": len(metrics.RANDOM_SEEDS),
+            "random": {**random_metrics, "seeds": settings.random_iters,
                        "curve": random_curve.to_dict()},
             "oracle": {**metrics.summarize(oracle, weak_q, strong_q), "curve": oracle.to_dict()},
         },

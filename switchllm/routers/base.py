@@ -89,16 +89,39 @@ class Router(ABC):
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.params}
 
-    def threshold_for_strong_share(self, share: float) -> float:
+    def threshold_for_strong_share(self, share: float, calibration_set: str | None = None
+                                   ) -> float:
         """The threshold that sends about `share` of calls to the strong model, from the
-        calibration quantiles stored on the card (win rates of the training prompts)."""
+        calibration quantiles stored on the card (or those of one `calibration_set`, e.g.
+        "arena-hard", kept under `calibration_sets`)."""
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"strong share must be in [0, 1], got {share}")
-        quantiles = self.card_info.get("calibration", {}).get("quantiles")
+        calibration = self.card_info.get("calibration", {})
+        if calibration_set is not None:
+            sets = self.card_info.get("calibration_sets", {})
+            if calibration_set not in sets:
+                raise CardError(f"the {self.kind} router card has no calibration set "
+                                f"{calibration_set!r}; it has: {', '.join(sets) or 'none'}")
+            calibration = sets[calibration_set]
+        quantiles = calibration.get("quantiles")
         if not quantiles:
             raise CardError(f"the {self.kind} router has no calibration quantiles on its card")
-        levels = np.asarray(self.card_info["calibration"]["levels"], dtype=float)
+        levels = np.asarray(calibration["levels"], dtype=float)
         return float(np.interp(1.0 - share, levels, np.asarray(quantiles, dtype=float)))
+
+    # ---- RouteLLM's single-prompt interface ------------------------------------------------
+    def calculate_strong_win_rate(self, prompt: str) -> float:
+        """RouteLLM's name: the strong win rate of one prompt, for the default pair."""
+        return float(np.asarray(self.win_rate([prompt])).reshape(-1)[0])
+
+    def route(self, prompt: str, threshold: float, routed_pair: Any) -> str:
+        """RouteLLM's rule: `routed_pair.strong` when the strong win rate reaches `threshold`,
+        else `routed_pair.weak` (`routed_pair` has `strong` and `weak`, like ModelPair)."""
+        from switchllm.serving.routing import choose, router_pair
+
+        strong, weak = router_pair(self, routed_pair.strong, routed_pair.weak)
+        rate = float(np.asarray(self.win_rate([prompt], strong, weak)).reshape(-1)[0])
+        return choose(rate, threshold, routed_pair.strong, routed_pair.weak)
 
     def calibrate(self, prompts: Sequence[str]) -> None:
         """Store win-rate quantiles of `prompts` (default pair) for `threshold_for_strong_share`."""

@@ -37,6 +37,9 @@ DEFAULT_PORT = 6060
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_LOG_PATH = "switchllm-decisions.sqlite"
 ROUTER_PREFIX = "router-"
+# RouteLLM's default pair for serving (its openai_server's --strong-model / --weak-model).
+DEFAULT_STRONG_MODEL = "gpt-4-1106-preview"
+DEFAULT_WEAK_MODEL = "anyscale/mistralai/Mixtral-8x7B-Instruct-v0.1"
 API_KEYS_ENV = "SWITCHLLM_API_KEYS"
 
 
@@ -309,13 +312,15 @@ def build_config(
 
     strong = strong_model or raw.get("strong_model")
     weak = weak_model or raw.get("weak_model")
+    from switchllm.serving.providers import resolve_model
+
+    strong = strong or DEFAULT_STRONG_MODEL
+    weak = weak or DEFAULT_WEAK_MODEL
     for name in (strong, weak):
         if name and name not in models:
-            models[name] = ModelSpec(name=name)
-    # --base-url / --api-key (RouteLLM's flags) apply to models the YAML does not configure.
+            # litellm-style: provider prefixes, $OPENAI_BASE_URL, --base-url / --api-key
+            models[name] = resolve_model(name, base_url=base_url, api_key=api_key)
     for spec in models.values():
-        if base_url and str(spec.name) not in model_section:
-            spec.base_url = base_url
         if api_key and not spec.api_key_env:
             spec.api_key = api_key
         if not spec.api_key_env and not spec.api_key and spec.base_url.startswith(

@@ -43,8 +43,12 @@ def router_pair(router: Router, strong: str, weak: str) -> tuple[str | None, str
     """The pair to ask the router about. Routers that know specific models score the served
     pair when they know both; otherwise they answer for their default pair, as RouteLLM's
     routers always do (they were trained on one pair and applied to any)."""
-    if router.models and strong in router.models and weak in router.models:
-        return strong, weak
+    if router.models:
+        from switchllm.serving.pairs import known_name
+
+        known = known_name(router, strong), known_name(router, weak)
+        if known[0] and known[1]:
+            return known
     return None, None
 
 
@@ -85,6 +89,32 @@ class RouterSet:
         if request.threshold is not None:
             return check_threshold(request.threshold)
         return resolve_threshold(router, name, request)
+
+    def resolve(self, name: str, request: RouteRequest) -> tuple[float, str | None]:
+        """The threshold to serve `request` with, and a warning when the client's threshold
+        is outside what the router's card saw in calibration (see serving.thresholds)."""
+        if not hasattr(self, "_advisor"):
+            from switchllm.serving.thresholds import ThresholdAdvisor
+
+            self._advisor = ThresholdAdvisor()
+        request, warning = self._advisor(self.get(name), name, request)
+        return self.threshold(name, request), warning
+
+    # Mapping-style access, as RouteLLM's `controller.routers["mf"]`.
+    def __getitem__(self, name: str) -> Router:
+        return self.routers[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.routers
+
+    def __iter__(self):  # noqa: ANN204 - iterator over router names
+        return iter(self.routers)
+
+    def __len__(self) -> int:
+        return len(self.routers)
+
+    def keys(self):  # noqa: ANN201 - dict keys view
+        return self.routers.keys()
 
 
 def choose(win_rate: float, threshold: float, strong: str, weak: str) -> str:

@@ -52,6 +52,13 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+# Other OpenAI endpoints: path -> (upstream path, the field the request must carry, routed?)
+FORWARDED: dict[str, tuple[str, str, bool]] = {}
+for _path, _target in (("/embeddings", ("/embeddings", "input", False)),
+                       ("/completions", ("/completions", "prompt", True)),
+                       ("/responses", ("/responses", "input", True))):
+    FORWARDED[_path] = FORWARDED["/v1" + _path] = _target
+API_PATHS = frozenset(CHAT_PATHS) | frozenset(FORWARDED)
 
 
 class HTTPError(Exception):
@@ -140,6 +147,14 @@ class SwitchServer:
                     raise HTTPError(405, f"{path} accepts POST only", code="method_not_allowed")
                 self._authorize(scope)
                 await self._chat(scope, receive, send)
+            elif path in FORWARDED:
+                if method != "POST":
+                    raise HTTPError(405, f"{path} accepts POST only", code="method_not_allowed")
+                self._authorize(scope)
+                await self._forward(scope, receive, send, *FORWARDED[path])
+            elif path.startswith(("/v1/models/", "/models/")):
+                self._authorize(scope)
+                await _send_json(send, 200, self._model(path.partition("/models/")[2]))
             elif path == "/health":
                 await _send_json(send, 200, self._health())
             elif path in ("/v1/models", "/models"):
@@ -153,6 +168,7 @@ class SwitchServer:
             else:
                 raise HTTPError(404, f"no endpoint {method} {path}", code="not_found")
         except HTTPError as exc:
+            self._rejected(path, exc.status)
             await _send_json(send, exc.status, exc.body())
         except ClientGone:
             return
@@ -204,7 +220,7 @@ class SwitchServer:
 
     def _health(self) -> dict[str, Any]:
         return {
-            "status": "ok",
+            "status": "online",  # RouteLLM's health answer; checks look for it
             "routers": list(self.routers.routers),
             "strong_model": self.config.strong_model,
             "weak_model": self.config.weak_model,
@@ -223,6 +239,106 @@ class SwitchServer:
         ]
         return {"object": "list", "data": data}
 
+    def _model(self, model_id: str) -> dict[str, Any]:
+        """GET /v1/models/{id}: an upstream model, or any valid router model name."""
+        for entry in self._models()["data"]:
+            if entry["id"] == model_id:
+                return entry
+        try:
+            route = parse_router_model(model_id)
+            if route is not None:
+                self.routers.get(route.router)
+                return {"id": model_id, "object": "model", "created": 0,
+                        "owned_by": "switchllm"}
+        except ModelNameError:
+            pass
+        raise HTTPError(404, f"model {model_id!r} is not served here", code="model_not_found",
+                        param="model")
+
+    def _rejected(self, path: str, status: int) -> None:
+        """A request answered with an error before reaching an upstream: counted in /metrics
+        and, for API calls, in the decision log (so `switchllm stats` shows it)."""
+        self.metrics.requests.labels("(rejected)", "none", str(status)).inc()
+        if self.log is not None and path in API_PATHS:
+            self.log.record(DecisionRecord(
+                ts=time.time(), router="(rejected)", threshold=None, win_rate=None, model=None,
+                routed_model=None, strong_model=self.config.strong_model, fallback=False,
+                status=status, stream=False, latency_ms=0.0, routing_ms=None,
+                prompt_tokens=None, completion_tokens=None, cost_usd=None,
+                strong_cost_usd=None,
+            ))
+
+    # ---- embeddings, completions, responses -----------------------------------------------
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, upstream_path: str,
+                       required: str, routed: bool) -> None:
+        """Pass a request through to a configured model (or, where `routed`, to the model a
+        router-<name>-<threshold> name picks, on the request's text), streaming included."""
+        started = time.perf_counter()
+        payload = _parse_object(await _read_body(scope, receive, self.config.max_body_bytes))
+        model_name = payload.get("model")
+        if not isinstance(model_name, str) or not model_name:
+            raise HTTPError(400, "'model' is required", param="model", code="missing_required")
+        if payload.get(required) in (None, "", []):
+            raise HTTPError(400, f"{required!r} is required", param=required,
+                            code="missing_required")
+        text = _request_text(payload.get(required))
+        decision, chosen, warning = await self._choose(model_name, text, routed)
+        other = self.config.other_model(chosen)
+        order = [chosen, other] if other else [chosen]
+        headers = _routing_headers(decision)
+        if warning:
+            headers.append((b"x-switchllm-warning", warning.encode("ascii", "replace")))
+        if decision is not None:
+            self.metrics.routing_seconds.labels(decision.router).observe(decision.routing_s)
+        if payload.get("stream") and upstream_path != "/embeddings":
+            await self._chat_stream(receive, send, payload, order, decision, headers, started,
+                                    text, path=upstream_path)
+            return
+        try:
+            result = await _unless_gone(
+                receive, self.upstreams.complete(order, payload, upstream_path))
+        except ClientGone:
+            self._finish(decision, chosen, chosen, False, 499, False, started, None, text)
+            return
+        except UpstreamError as exc:
+            self._finish(decision, chosen, chosen, False, exc.status, False, started, None, text)
+            await _send_json(send, exc.status, _upstream_error_body(exc),
+                             headers + _retry_after_header(exc))
+            return
+        self.metrics.upstream_seconds.labels(result.model).observe(result.upstream_s)
+        usage = result.payload.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        tokens = (token_count(usage.get("prompt_tokens", usage.get("input_tokens"))),
+                  token_count(usage.get("completion_tokens", usage.get("output_tokens", 0))))
+        headers += [(b"x-switchllm-model", result.model.encode()),
+                    (b"x-switchllm-fallback", b"true" if result.fell_back else b"false")]
+        await _send_json(send, 200, result.payload, headers)
+        self._finish(decision, chosen, result.model, result.fell_back, 200, False, started,
+                     tokens, text)
+
+    async def _choose(self, model_name: str, text: str, routed: bool
+                      ) -> tuple[Decision | None, str, str | None]:
+        """(routing decision or None, the model to call, threshold warning) for `model_name`."""
+        try:
+            route = parse_router_model(model_name)
+            if route is not None and routed:
+                threshold, warning = self.routers.resolve(route.router, route)
+                decision = await self.routing.decide(route.router, threshold, text)
+                return decision, decision.model, warning
+            if route is not None:
+                raise ModelNameError(
+                    f"this endpoint is not routed: ask for one of {', '.join(self.config.models)}")
+            if model_name in self.config.models:
+                return None, model_name, None
+            raise ModelNameError(
+                f"model {model_name!r} is not served here; ask for one of: "
+                f"{', '.join(self.config.models)}"
+                + (" or router-<router>-<threshold>" if routed else ""),
+                status=404, code="model_not_found",
+            )
+        except ModelNameError as exc:
+            raise HTTPError(exc.status, str(exc), code=exc.code, param="model") from None
+
     # ---- chat completions -----------------------------------------------------------------
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -231,10 +347,11 @@ class SwitchServer:
         stream = bool(payload.get("stream"))
         text = prompt_text(payload["messages"])
         decision: Decision | None = None
+        warning: str | None = None
         try:
             route = parse_router_model(model_name)
             if route is not None:
-                threshold = self.routers.threshold(route.router, route)
+                threshold, warning = self.routers.resolve(route.router, route)
                 decision = await self.routing.decide(route.router, threshold, text)
                 chosen = decision.model
             elif model_name in self.config.models:
@@ -254,6 +371,8 @@ class SwitchServer:
         if decision is not None:
             self.metrics.routing_seconds.labels(router_label).observe(decision.routing_s)
         headers = _routing_headers(decision)
+        if warning:
+            headers.append((b"x-switchllm-warning", warning.encode("ascii", "replace")))
         if stream:
             await self._chat_stream(
                 receive, send, payload, order, decision, headers, started, text
@@ -284,10 +403,11 @@ class SwitchServer:
     async def _chat_stream(
         self, receive: Receive, send: Send, payload: dict, order: list[str],
         decision: Decision | None, headers: list[tuple[bytes, bytes]], started: float, text: str,
+        path: str = "/chat/completions",
     ) -> None:
         try:
             opened: OpenStream = await _unless_gone(
-                receive, self.upstreams.open_stream(order, payload))
+                receive, self.upstreams.open_stream(order, payload, path))
         except ClientGone:
             self._finish(decision, order[0], order[0], False, 499, True, started, None, text)
             return
@@ -340,8 +460,8 @@ class SwitchServer:
         state: StreamState = opened.state
         prompt_tokens = state.prompt_tokens
         if prompt_tokens is None:  # no usage asked for: estimate (about 4 characters a token)
-            chars = sum(len(content_text(m.get("content"))) for m in payload["messages"]
-                        if isinstance(m, dict))
+            chars = sum(len(content_text(m.get("content"))) for m in payload.get("messages", [])
+                        if isinstance(m, dict)) or len(text)
             prompt_tokens = max(1, chars // 4)
         completion = state.completion_tokens
         if completion is None:
@@ -355,6 +475,12 @@ class SwitchServer:
     ) -> None:
         router_label = decision.router if decision else "none"
         self.metrics.requests.labels(router_label, model, str(status)).inc()
+        if log.isEnabledFor(logging.INFO):  # --verbose
+            log.info("router=%s threshold=%s win_rate=%s routed=%s answered=%s fallback=%s "
+                     "status=%s stream=%s", router_label,
+                     f"{decision.threshold:.5g}" if decision else "-",
+                     f"{decision.win_rate:.4f}" if decision else "-", routed, model,
+                     fell_back, status, stream)
         if fell_back:
             self.metrics.fallbacks.labels(routed, model).inc()
         cost = strong_cost = None
@@ -472,9 +598,10 @@ def _check_json(value: Any, where: str = "body", depth: int = 0) -> None:
             _check_json(item, f"{where}[{i}]", depth + 1)
 
 
-def _parse_request(body: bytes) -> dict[str, Any]:
+def _parse_object(body: bytes, what: str = "a JSON object") -> dict[str, Any]:
+    """The request body as a JSON object that is safe to route and forward (see _check_json)."""
     if not body.strip():
-        raise HTTPError(400, "request body is empty; send a JSON chat completion request")
+        raise HTTPError(400, f"request body is empty; send {what}")
     try:
         payload = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -486,6 +613,23 @@ def _parse_request(body: bytes) -> dict[str, Any]:
     _check_json(payload)
     if not isinstance(payload.get("stream", False), bool | None):
         raise HTTPError(400, "'stream' must be true or false", param="stream")
+    return payload
+
+
+def _request_text(value: Any) -> str:
+    """The text to route on: a string, a list of strings (joined), or Responses API input
+    items (the last user message's text parts)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    if isinstance(value, list):
+        return prompt_text([v for v in value if isinstance(v, dict)])
+    return ""
+
+
+def _parse_request(body: bytes) -> dict[str, Any]:
+    payload = _parse_object(body, "a JSON chat completion request")
     messages = payload.get("messages")
     if messages is None:
         raise HTTPError(400, "'messages' is required", param="messages", code="missing_required")

@@ -24,6 +24,9 @@ from switchllm.serving.http_pool import HTTPPool, HTTPPoolError, ReadTimeout, St
 
 _KEY_LIKE = re.compile(r"[\w\-.*]{6,}")  # a word that could hold a (masked) key
 _MASK = re.compile(r"\*+|\.\.\.")  # how providers mask the middle of a key
+CHAT_PATH = "/chat/completions"
+# Responses API stream events that end a stream (it sends no [DONE]).
+RESPONSE_END_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
 MAX_RETRY_WAIT_S = 2.0  # the longest Retry-After a request waits out before retrying a model
 
@@ -62,7 +65,7 @@ class StreamState:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     content_chunks: int = 0
-
+    ended: bool = False  # a /responses stream's final event arrived
     finished: bool = False  # a choice reported its finish_reason
 
     def observe(self, event: dict[str, Any]) -> None:
@@ -76,8 +79,20 @@ class StreamState:
             delta = choice.get("delta")
             if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
                 self.content_chunks += 1
+            elif choice.get("text"):  # /completions streams
+                self.content_chunks += 1
             if choice.get("finish_reason"):
                 self.finished = True
+        kind = event.get("type")
+        if isinstance(kind, str) and kind.startswith("response."):  # /responses streams
+            if kind.endswith(".delta"):
+                self.content_chunks += 1
+            self.ended = self.ended or kind in RESPONSE_END_EVENTS
+            response = event.get("response")
+            usage = response.get("usage") if isinstance(response, dict) else None
+            if isinstance(usage, dict):
+                self.prompt_tokens = token_count(usage.get("input_tokens"))
+                self.completion_tokens = token_count(usage.get("output_tokens"))
 
 
 @dataclass
@@ -132,6 +147,7 @@ class Upstreams:
         self.timeout = timeout
         self.client = HTTPPool(connect_timeout=connect_timeout, read_timeout=timeout)
         self._targets: dict[str, tuple[Target, dict[str, str]]] = {}
+        self._other_targets: dict[tuple[str, str], Target] = {}  # (model, path) beyond chat
         self._secrets: list[str] = []
         for name, spec in models.items():
             headers = {"content-type": "application/json", "accept": "application/json"}
@@ -148,6 +164,17 @@ class Upstreams:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def _target(self, model: str, path: str) -> tuple[Target, dict[str, str]]:
+        """The URL and headers for `path` (/chat/completions, /embeddings, ...) of `model`."""
+        url, headers = self._targets[model]
+        if path == CHAT_PATH:
+            return url, headers
+        key = (model, path)
+        if key not in self._other_targets:
+            self._other_targets[key] = Target.parse(
+                self.models[model].base_url.rstrip("/") + path)
+        return self._other_targets[key], headers
 
     # ---- secrets ------------------------------------------------------------------------
     def redact(self, text: str) -> str:
@@ -252,8 +279,10 @@ class Upstreams:
             delay = max(delay, error.retry_after)
         await asyncio.sleep(delay)
 
-    async def complete_one(self, model: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        url, headers = self._targets[model]
+    async def complete_one(
+        self, model: str, body: dict[str, Any], path: str = CHAT_PATH
+    ) -> tuple[dict[str, Any], int]:
+        url, headers = self._target(model, path)
         content = self._content(model, body)
         error: UpstreamError | None = None
         for attempt in range(self.retries + 1):
@@ -290,7 +319,9 @@ class Upstreams:
         assert error is not None
         raise error
 
-    async def complete(self, order: Sequence[str], body: dict[str, Any]) -> Completion:
+    async def complete(
+        self, order: Sequence[str], body: dict[str, Any], path: str = CHAT_PATH
+    ) -> Completion:
         """The first model in `order` that answers; later ones only if earlier ones fail."""
         started = time.perf_counter()
         attempts = 0
@@ -301,7 +332,7 @@ class Upstreams:
                 error = cooling
                 continue
             try:
-                payload, used = await self.complete_one(model, body)
+                payload, used = await self.complete_one(model, body, path)
             except UpstreamError as exc:
                 attempts += self.retries + 1
                 error = exc
@@ -314,7 +345,9 @@ class Upstreams:
         raise error
 
     # ---- streaming ----------------------------------------------------------------------
-    async def open_stream(self, order: Sequence[str], body: dict[str, Any]) -> OpenStream:
+    async def open_stream(
+        self, order: Sequence[str], body: dict[str, Any], path: str = CHAT_PATH
+    ) -> OpenStream:
         """Start a stream on the first model in `order` that delivers a first token, retrying
         and falling back on failures before it; the caller relays `head` then `rest`."""
         started = time.perf_counter()
@@ -325,7 +358,7 @@ class Upstreams:
             if cooling is not None:
                 error = cooling
                 continue
-            url, headers = self._targets[model]
+            url, headers = self._target(model, path)
             content = self._content(model, body)
             for attempt in range(self.retries + 1):
                 if attempt:
@@ -382,7 +415,7 @@ class Upstreams:
         try:
             async for event in events:
                 head.append(event)
-                if state.content_chunks or b"data: [DONE]\n\n" in event:
+                if state.content_chunks or state.ended or b"data: [DONE]\n\n" in event:
                     break
         except UpstreamError:
             await response.aclose()
@@ -430,10 +463,10 @@ async def _relay(
                 yield event
     finally:
         await response.aclose()
-    if not done and state.finished:
+    if not done and state.finished and not state.ended:
         # Some upstreams end a complete stream without the sentinel; OpenAI clients expect it.
         yield b"data: [DONE]\n\n"
-    elif not done:
+    elif not done and not state.ended:
         raise UpstreamError(
             502, f"upstream model {model!r} ended the stream without [DONE]",
             code="upstream_stream_error", retry=True,
@@ -443,7 +476,10 @@ async def _relay(
 def _rewrite_event(
     raw: bytes, model: str, state: StreamState, redact: Callable[[str], str]
 ) -> bytes | None:
-    data_lines = [line[5:].lstrip() for line in raw.split(b"\n") if line.startswith(b"data:")]
+    lines = raw.split(b"\n")
+    data_lines = [line[5:].lstrip() for line in lines if line.startswith(b"data:")]
+    # Responses API streams name each event (`event: response.output_text.delta`): keep it.
+    names = [line for line in lines if line.startswith(b"event:")]
     if not data_lines:
         return None  # comments / keep-alives
     data = b"\n".join(data_lines)
@@ -467,10 +503,13 @@ def _rewrite_event(
         if problem is not None:
             raise UpstreamError(502, f"upstream model {model!r} sent a stream event with "
                                 f"{problem}", code="upstream_stream_error", retry=True)
-        event["model"] = model
+        if isinstance(event.get("response"), dict):
+            event["response"]["model"] = model
+        else:
+            event["model"] = model
         state.observe(event)
     data = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
-    return b"data: " + data + b"\n\n"
+    return (names[0] + b"\n" if names else b"") + b"data: " + data + b"\n\n"
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -43,6 +43,12 @@ FAST_ROUTERS = ["random", "mf"]
 SLOW_ROUTERS = [pytest.param(r, marks=pytest.mark.slow) for r in ("sw_ranking", "bert")]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # RouteLLM's command lines use the default decision log in the working directory
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def openai_up() -> Iterator[FakeUpstream]:
     up = FakeUpstream().start()

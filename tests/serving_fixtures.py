@@ -15,6 +15,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class Behaviour:
     reply: str = "Hello from the upstream"
     chunk_delay_s: float = 0.0  # pause between stream events
     echo_auth: bool = False  # put the Authorization header in error messages (leak tests)
+    # per-request answer: the reply text for this request body, or an HTTP status to fail with
+    respond: Callable[[dict[str, Any]], str | int] | None = None
+    retry_after: str | None = None  # Retry-After header sent with failures
     payload: dict[str, Any] | None = None  # answer with this JSON instead (malformed upstreams)
     events: list[bytes] | None = None  # stream these SSE events instead
     drip_s: float = 0.0  # send a JSON answer 8 bytes at a time, this long apart
@@ -240,19 +244,27 @@ class _Connection(asyncio.Protocol):
         if self.transport.is_closing():
             return
         status = self.upstream.failure(model)
+        hook = self.upstream.behaviour(model).respond
+        answer = hook(body) if hook is not None and status is None else None
+        if isinstance(answer, int):
+            status = answer
         if status is not None:
             message = f"fake failure {status}"
             if self.upstream.behaviour(model).echo_auth:
                 message += f" for key {auth}"
             self.respond(status, {"error": {"message": message,
-                                            "type": "server_error", "code": None}})
+                                            "type": "server_error", "code": None}},
+                         retry_after=self.upstream.behaviour(model).retry_after)
             return
         if body.get("stream"):
             self.stream(body, model)
         elif self.upstream.behaviour(model).drip_s:
             self.drip(self.upstream.answer(body), self.upstream.behaviour(model).drip_s)
         else:
-            self.respond(200, self.upstream.answer(body))
+            payload = self.upstream.answer(body)
+            if isinstance(answer, str):
+                payload["choices"][0]["message"]["content"] = answer
+            self.respond(200, payload)
 
     def drip(self, obj: dict[str, Any], delay: float) -> None:
         assert self.transport is not None
@@ -268,12 +280,13 @@ class _Connection(asyncio.Protocol):
         self.transport.write(pieces[0])
         asyncio.get_running_loop().call_later(delay, self.slow_write, pieces[1:], delay)
 
-    def respond(self, status: int, obj: dict[str, Any]) -> None:
+    def respond(self, status: int, obj: dict[str, Any], retry_after: str | None = None) -> None:
         assert self.transport is not None
         data = json.dumps(obj).encode()
+        extra = b"retry-after: %s\r\n" % retry_after.encode() if retry_after else b""
         self.transport.write(
-            b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (status, len(data), data)
+            b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
+            % (status, len(data), extra, data)
         )
 
     def stream(self, body: dict[str, Any], model: str) -> None:

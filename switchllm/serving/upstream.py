@@ -119,8 +119,12 @@ class Upstreams:
         retries: int = 2,
         backoff: float = 0.05,
         on_retry: Callable[[str], None] | None = None,
+        max_retry_after: float = MAX_RETRY_AFTER_S,
     ) -> None:
         self.models = models
+        # the longest Retry-After honoured: short for serving (a caller is waiting), long for
+        # batch work such as labelling
+        self.max_retry_after = max_retry_after
         self.retries = max(0, retries)
         self.backoff = backoff
         self.on_retry = on_retry
@@ -191,7 +195,7 @@ class Upstreams:
             detail = raw[:200].decode("utf-8", "replace")
         detail = self.redact(detail)
         if status in RETRYABLE_STATUS:
-            retry_after = _retry_after(headers.get("retry-after"))
+            retry_after = _retry_after(headers.get("retry-after"), self.max_retry_after)
             code = "rate_limited" if status == 429 else "upstream_error"
             return UpstreamError(
                 429 if status == 429 else 502,
@@ -444,10 +448,10 @@ def _rewrite_event(
     return b"data: " + data + b"\n\n"
 
 
-def _retry_after(value: str | None) -> float | None:
+def _retry_after(value: str | None, cap: float = MAX_RETRY_AFTER_S) -> float | None:
     if not value:
         return None
     try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+        return min(max(float(value), 0.0), cap)
     except ValueError:
         return None

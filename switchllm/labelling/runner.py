@@ -6,8 +6,8 @@ model and the request body) the moment it arrives, so a killed run resumes where
 and a rerun makes no repeated paid calls. Output rows are written in input order, each batch of
 finished prompts with one `write` on a file opened for appending: a kill leaves whole lines.
 
-Never overspends: before each new call its cost is estimated (prompt ~ chars/4 tokens, the
-answer `max_tokens` long) and reserved; a call that could take the total past `max_cost` is not
+Never overspends: before each new call its worst-case cost is reserved (a prompt token per
+character, the answer `max_tokens` long); a call that could take the total past `max_cost` is not
 made. Spending is counted from the `usage` the upstream reports. The total includes calls
 answered from the cache (at what they cost when made), so a resumed job keeps to the same cap.
 """
@@ -149,6 +149,7 @@ def answer_body(item: PromptItem) -> dict[str, Any]:
     return {"messages": item.messages, "max_tokens": ANSWER_MAX_TOKENS}
 
 
+
 def judge_body(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"messages": messages, "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS}
 
@@ -190,43 +191,130 @@ class LabelRunner:
         self.progress = progress
         self.report = LabelReport(prompts=len(job.items))
         self._reserved = 0.0
+        self._counted: set[str] = set()
+        self._in_flight: dict[str, asyncio.Future[str]] = {}
 
     # ---- calls -------------------------------------------------------------------------
     def estimate(self, model: str, body: dict[str, Any], output_tokens: int) -> float:
         return self.job.models[model].cost(body_tokens(body), output_tokens)
 
+    def reservation(self, model: str, body: dict[str, Any]) -> float:
+        """The most a call can cost: no more prompt tokens than characters (plus the chat
+        template's overhead), no more output than `max_tokens`."""
+        chars = sum(len(str(m.get("content") or "")) + 8 for m in body.get("messages", ()))
+        return self.job.models[model].cost(chars + 16, int(body.get("max_tokens") or 0))
+
     async def call(self, model: str, body: dict[str, Any]) -> str:
-        """The answer text of `model` to `body`: from the cache, else from the upstream."""
+        """The answer text of `model` to `body`: from the cache, else from the upstream. The
+        same request asked twice at once (two identical answers shown to the judge in both
+        orders) is made once."""
         key = request_key(model, body)
         cached = self.cache.get(key)
         if cached is not None:
             self.report.cached_calls += 1
-            self.report.cost += cached.cost
+            if key not in self._counted:  # each distinct call counts once towards the cost
+                self._counted.add(key)
+                self.report.cost += cached.cost
             return cached.content
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        task = asyncio.ensure_future(self._fetch(key, model, body))
+        self._in_flight[key] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._in_flight.pop(key, None)
+
+    async def _fetch(self, key: str, model: str, body: dict[str, Any]) -> str:
         async with self.semaphore:
-            reserve = self.estimate(model, body, int(body.get("max_tokens") or 0))
-            cap = self.job.max_cost
-            if self.report.stopped_by_cost or (
-                cap is not None and self.report.cost + self._reserved + reserve > cap
-            ):
-                self.report.stopped_by_cost = True
-                raise CostCapReached
-            self._reserved += reserve
-            try:
-                payload, _ = await self.upstreams.complete_one(model, body)
-            finally:
-                self._reserved -= reserve
-        content = _content(model, payload)
-        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
-        prompt_tokens = _count(usage.get("prompt_tokens"), body_tokens(body))
-        completion_tokens = _count(usage.get("completion_tokens"),
-                                   max(1, len(content) // CHARS_PER_TOKEN))
-        cost = self.job.models[model].cost(prompt_tokens, completion_tokens)
-        self.cache.put(key, model, CachedCall(content, prompt_tokens, completion_tokens, cost))
-        self.report.calls += 1
-        self.report.cost += cost
-        self.report.new_cost += cost
+            payload, _ = await self.upstreams.complete_one(model, body)
+            content = _content(model, payload)
+            usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+            prompt_tokens = _count(usage.get("prompt_tokens"), body_tokens(body))
+            completion_tokens = _count(usage.get("completion_tokens"),
+                                       max(1, len(content) // CHARS_PER_TOKEN))
+            cost = self.job.models[model].cost(prompt_tokens, completion_tokens)
+            self.cache.put(key, model,
+                           CachedCall(content, prompt_tokens, completion_tokens, cost))
+            self._counted.add(key)
+            self.report.calls += 1
+            self.report.cost += cost
+            self.report.new_cost += cost
         return content
+
+    def prompt_reservation(self, item: PromptItem) -> float:
+        """The most labelling `item` can still add to the total: for cached calls what they
+        cost (once), for the others the worst case (`reservation`); judge calls on answers
+        not yet known are sized for answers `max_tokens` long."""
+        job = self.job
+        total = 0.0
+        answers: dict[str, str | None] = {}
+        for model in job.candidates:
+            body = answer_body(item)
+            total += self._reserve_call(model, body)
+            hit = self.cache.get(request_key(model, body))
+            answers[model] = hit.content if hit is not None else None
+        if job.mode == "golden":
+            return total
+        assert job.judge is not None and job.judge_prompt is not None
+        filler = "x" * ANSWER_MAX_TOKENS  # a token is at least a character: a safe stand-in
+        for messages in self.judge_messages(item, {m: a if a is not None else filler
+                                                   for m, a in answers.items()}):
+            body = judge_body(messages)
+            if all(a is not None for a in answers.values()):
+                total += self._reserve_call(job.judge, body)
+            else:
+                total += self.reservation(job.judge, body)
+        return total
+
+    def _reserve_call(self, model: str, body: dict[str, Any]) -> float:
+        """A cached call's recorded cost until it is counted; an uncached one's worst case."""
+        key = request_key(model, body)
+        hit = self.cache.get(key)
+        if hit is None:
+            return self.reservation(model, body)
+        return 0.0 if key in self._counted else hit.cost
+
+    def judge_messages(self, item: PromptItem, answers: dict[str, str]) -> list[list[dict]]:
+        """The judge conversations for one prompt, in the order their verdicts are used."""
+        job = self.job
+        assert job.judge_prompt is not None
+        if job.mode == "single":
+            return [job.judge_prompt.messages(question=item.text, answer=answers[m])
+                    for m in job.candidates]
+        conversations = []
+        for a, b in itertools.combinations(job.candidates, 2):
+            for first, second in ((a, b), (b, a)):
+                conversations.append(job.judge_prompt.messages(
+                    question=item.text, answer_a=answers[first], answer_b=answers[second]))
+        return conversations
+
+    async def admit(self, item: PromptItem) -> float:
+        """Reserve the prompt's worst-case cost before starting it, waiting while prompts in
+        flight hold the rest of the budget, so that a started prompt can always finish;
+        CostCapReached when even the spent total leaves no room."""
+        cap = self.job.max_cost
+        if cap is None:
+            return 0.0
+        reserve = self.prompt_reservation(item)
+        async with self._budget:
+            while True:
+                if self.report.stopped_by_cost or self.report.cost + reserve > cap:
+                    self.report.stopped_by_cost = True
+                    self._budget.notify_all()
+                    raise CostCapReached
+                if self.report.cost + self._reserved + reserve <= cap:
+                    break
+                await self._budget.wait()
+            self._reserved += reserve
+        return reserve
+
+    async def release(self, reserve: float) -> None:
+        async with self._budget:
+            self._reserved -= reserve
+            self._budget.notify_all()
 
     # ---- one prompt --------------------------------------------------------------------
     async def label(self, item: PromptItem) -> list[dict[str, Any]]:
@@ -241,26 +329,15 @@ class LabelRunner:
             return [{"prompt": item.text, "results": results, "mode": "golden",
                      "check": job.check}]
         assert job.judge is not None and job.judge_prompt is not None
-        prompt = job.judge_prompt
+        calls = [self.call(job.judge, judge_body(m)) for m in self.judge_messages(item, answers)]
+        raw = await _all(calls)
         if job.mode == "single":
-            raw = await _all([
-                self.call(job.judge, judge_body(prompt.messages(question=item.text, answer=a)))
-                for a in answers.values()
-            ])
             verdicts = dict(zip(job.candidates, raw, strict=True))
             return [{"prompt": item.text,
                      "scores": {m: parse_rating(v) for m, v in verdicts.items()},
                      "judge": job.judge, "mode": "single", "verdicts": verdicts}]
-        pairs = list(itertools.combinations(job.candidates, 2))
-        calls = []
-        for a, b in pairs:
-            for first, second in ((a, b), (b, a)):
-                messages = prompt.messages(question=item.text, answer_a=answers[first],
-                                           answer_b=answers[second])
-                calls.append(self.call(job.judge, judge_body(messages)))
-        raw = await _all(calls)
         rows = []
-        for i, (a, b) in enumerate(pairs):
+        for i, (a, b) in enumerate(itertools.combinations(job.candidates, 2)):
             ab, ba = raw[2 * i], raw[2 * i + 1]
             rows.append({"prompt": item.text, "model_a": a, "model_b": b,
                          "winner": pairwise_winner(parse_pairwise(ab), parse_pairwise(ba)),
@@ -274,6 +351,7 @@ class LabelRunner:
         job = self.job
         self.cache = CallCache(job.cache_dir)
         self.semaphore = asyncio.Semaphore(job.concurrency)
+        self._budget = asyncio.Condition()
         self.upstreams = Upstreams(
             job.models, timeout=job.timeout, connect_timeout=job.connect_timeout,
             retries=job.retries, backoff=job.backoff, max_retry_after=MAX_RETRY_AFTER_S,
@@ -303,7 +381,11 @@ class LabelRunner:
             for index in queue:
                 rows: list[dict[str, Any]] | None = None
                 try:
-                    rows = await self.label(job.items[index])
+                    reserve = await self.admit(job.items[index])
+                    try:
+                        rows = await self.label(job.items[index])
+                    finally:
+                        await self.release(reserve)
                     self.report.done += 1
                 except CostCapReached:
                     pass

@@ -269,6 +269,20 @@ class LabelRunner:
                 total += self.reservation(job.judge, body)
         return total
 
+    def fully_cached(self, item: PromptItem) -> bool:
+        """Whether every call `item` needs is in the cache."""
+        answers = {}
+        for model in self.job.candidates:
+            hit = self.cache.get(request_key(model, answer_body(item)))
+            if hit is None:
+                return False
+            answers[model] = hit.content
+        if self.job.mode == "golden":
+            return True
+        assert self.job.judge is not None
+        return all(self.cache.get(request_key(self.job.judge, judge_body(m))) is not None
+                   for m in self.judge_messages(item, answers))
+
     def _reserve_call(self, model: str, body: dict[str, Any]) -> float:
         """A cached call's recorded cost until it is counted; an uncached one's worst case."""
         key = request_key(model, body)
@@ -364,7 +378,12 @@ class LabelRunner:
         bar = tqdm(total=len(job.items), unit="prompt", desc="label", disable=not self.progress)
         results: dict[int, list[dict[str, Any]] | None] = {}
         next_row = 0
-        queue = iter(range(len(job.items)))
+        order = list(range(len(job.items)))
+        if job.max_cost is not None:
+            # replay fully cached prompts first: under a cap they must not be crowded out by
+            # new ones (output rows stay in input order)
+            order.sort(key=lambda i: not self.fully_cached(job.items[i]))
+        queue = iter(order)
 
         def flush() -> None:
             nonlocal next_row

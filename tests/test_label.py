@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ class Judge:
         now = time.monotonic()
         if key in self.refused:
             self.retried_after.append(now - self.refused.pop(key))
-        elif self.refuse and hash(key) % 6 == 0:
+        elif self.refuse and zlib.crc32(key.encode()) % 6 == 0:
             self.refused[key] = now
             return 429
         text = body["messages"][-1]["content"]
@@ -425,3 +426,24 @@ def test_golden_checks() -> None:
     assert not check_answer("exact", "Paris, France", "Paris")
     assert check_answer("regex", "final: 42", None, r"final:\s*42")
     assert check_answer("regex", "it is a+b", "a+b", r"is {reference}$")
+
+
+def test_from_log_labels_the_logged_prompts(tmp_path: Path, upstream: FakeUpstream) -> None:
+    from switchllm.serving.decision_log import DecisionLog, DecisionRecord
+
+    log = DecisionLog(tmp_path / "d.sqlite", log_prompts=True)
+    for i, prompt in enumerate([arithmetic(1), chat(2), arithmetic(1)]):
+        log.record(DecisionRecord(
+            ts=float(i), router="random", threshold=0.5, win_rate=0.4, model="weak",
+            routed_model="weak", strong_model="strong", fallback=False, status=200,
+            stream=False, latency_ms=1.0, routing_ms=0.1, prompt_tokens=3,
+            completion_tokens=2, cost_usd=None, strong_cost_usd=None, prompt=prompt))
+    log.close()
+    config, out = write_config(tmp_path, upstream), tmp_path / "o.jsonl"
+    assert main(["label", "--from-log", str(tmp_path / "d.sqlite"), "--config", str(config),
+                 "--models", "strong,weak", "--judge", "judge", "--output", str(out),
+                 "--quiet"]) == 0
+    assert [r["prompt"] for r in rows_of(out)] == [arithmetic(1), chat(2)]  # de-duplicated
+    assert main(["label", "--from-log", str(tmp_path / "none.sqlite"), "--config",
+                 str(config), "--models", "strong,weak", "--judge", "judge", "--output",
+                 str(out), "--quiet"]) == 2

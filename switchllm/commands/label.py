@@ -118,7 +118,7 @@ def build_job(args: argparse.Namespace):  # noqa: ANN201 - LabelJob, imported la
         judge=args.judge, judge_prompt=judge_prompt(args.mode, args.judge_prompt)
         if judged else None, check=args.check, reference_field=args.reference_field,
         pattern=args.pattern, concurrency=args.concurrency, max_cost=args.max_cost,
-        timeout=max(float((server or {}).get("timeout", 120.0)), 120.0),
+        timeout=float((server or {}).get("timeout", 120.0)),
     )
 
 

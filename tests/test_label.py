@@ -447,3 +447,16 @@ def test_from_log_labels_the_logged_prompts(tmp_path: Path, upstream: FakeUpstre
     assert main(["label", "--from-log", str(tmp_path / "none.sqlite"), "--config",
                  str(config), "--models", "strong,weak", "--judge", "judge", "--output",
                  str(out), "--quiet"]) == 2
+
+
+def test_retry_after_cap_is_a_parameter() -> None:
+    from switchllm.labelling.runner import MAX_RETRY_AFTER_S
+    from switchllm.serving.config import ModelSpec
+    from switchllm.serving.upstream import Upstreams
+
+    models = {"m": ModelSpec(name="m", base_url="http://127.0.0.1:9/v1")}
+    headers = {"retry-after": "30"}
+    served = Upstreams(models)._status_error("m", 429, b"", headers)
+    labelling = Upstreams(models, max_retry_after=MAX_RETRY_AFTER_S)._status_error(
+        "m", 429, b"", headers)
+    assert served.retry_after == 2.0 and labelling.retry_after == 30.0

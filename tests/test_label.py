@@ -460,3 +460,22 @@ def test_retry_after_cap_is_a_parameter() -> None:
     labelling = Upstreams(models, max_retry_after=MAX_RETRY_AFTER_S)._status_error(
         "m", 429, b"", headers)
     assert served.retry_after == 2.0 and labelling.retry_after == 30.0
+
+
+def test_three_candidates_give_every_pair(tmp_path: Path, upstream: FakeUpstream) -> None:
+    upstream.behaviour("third").respond = candidate(2)
+    config = write_config(tmp_path, upstream)
+    raw = json.loads(config.read_text())
+    raw["models"]["third"] = dict(raw["models"]["weak"])
+    config.write_text(json.dumps(raw))
+    prompts, out = tmp_path / "p.txt", tmp_path / "o.jsonl"
+    prompts.write_text(f"{arithmetic(1)}\n{arithmetic(3)}\n")
+    assert main(["label", str(prompts), "--config", str(config), "--models",
+                 "strong,weak,third", "--judge", "judge", "--output", str(out),
+                 "--quiet"]) == 0
+    rows = rows_of(out)
+    assert [(r["model_a"], r["model_b"], r["winner"]) for r in rows[:3]] == [
+        ("strong", "weak", "model_a"), ("strong", "third", "model_a"),
+        ("weak", "third", "tie")]  # both wrong: the judge's "[[B]]" in both orders is a tie
+    judge_calls = {json.dumps(s.body["messages"]) for s in upstream.seen if s.model == "judge"}
+    assert len(judge_calls) == 2 * 3 * 2

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "serve": "run the OpenAI-compatible routing server",
     "calibrate": "find the threshold that sends a given share of calls to the strong model",
     "stats": "summarise the decision log: strong share, cost against always-strong",
+    "label": "label prompts with an LLM judge or reference answers, as training data",
 }
 
 

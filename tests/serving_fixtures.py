@@ -15,6 +15,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class Behaviour:
     reply: str = "Hello from the upstream"
     chunk_delay_s: float = 0.0  # pause between stream events
     echo_auth: bool = False  # put the Authorization header in error messages (leak tests)
+    # per-request answer: the reply text for this request body, or an HTTP status to fail with
+    respond: Callable[[dict[str, Any]], str | int] | None = None
+    retry_after: str | None = None  # Retry-After header sent with failures
     payload: dict[str, Any] | None = None  # answer with this JSON instead (malformed upstreams)
     events: list[bytes] | None = None  # stream these SSE events instead
     drip_s: float = 0.0  # send a JSON answer 8 bytes at a time, this long apart
@@ -296,6 +300,10 @@ class _Connection(asyncio.Protocol):
         if self.transport.is_closing():
             return
         status = self.upstream.failure(model)
+        hook = self.upstream.behaviour(model).respond
+        answer = hook(body) if hook is not None and status is None else None
+        if isinstance(answer, int):
+            status = answer
         if status is not None:
             message = f"fake failure {status}"
             if self.upstream.behaviour(model).echo_auth:
@@ -312,7 +320,10 @@ class _Connection(asyncio.Protocol):
         elif self.upstream.behaviour(model).drip_s:
             self.drip(self.upstream.answer(body), self.upstream.behaviour(model).drip_s)
         else:
-            self.respond(200, self.upstream.answer(body))
+            payload = self.upstream.answer(body)
+            if isinstance(answer, str):
+                payload["choices"][0]["message"]["content"] = answer
+            self.respond(200, payload)
 
     def drip(self, obj: dict[str, Any], delay: float) -> None:
         assert self.transport is not None

@@ -135,10 +135,12 @@ class Upstreams:
         retries: int = 2,
         backoff: float = 0.05,
         on_retry: Callable[[str], None] | None = None,
-        max_retry_wait_s: float = MAX_RETRY_WAIT_S,
+        max_retry_after: float = MAX_RETRY_WAIT_S,
     ) -> None:
         self.models = models
-        self.max_retry_wait_s = max_retry_wait_s
+        # the longest Retry-After a request waits out on the same model: short for serving (a
+        # caller is waiting; longer ones go to the other model), long for batch labelling
+        self.max_retry_after = max_retry_after
         # model -> monotonic time until which it asked not to be called (Retry-After)
         self._cooldown: dict[str, float] = {}
         self.retries = max(0, retries)
@@ -231,7 +233,7 @@ class Upstreams:
             return UpstreamError(
                 429 if status == 429 else 502,
                 f"upstream model {model!r} returned HTTP {status}: {detail}".rstrip(": "),
-                code=code, retry=retry_after is None or retry_after <= self.max_retry_wait_s,
+                code=code, retry=retry_after is None or retry_after <= self.max_retry_after,
                 retry_after=retry_after,
             )
         if status in (401, 403):

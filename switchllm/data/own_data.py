@@ -27,7 +27,7 @@ from switchllm.errors import SwitchLLMError
 
 # Share of the training weight carried by the user's battles under --with-shipped. Chosen on
 # validation splits of GSM8K and MMLU (docs/RESULTS.md, "Your own labels"), never on MT-Bench.
-DEFAULT_USER_WEIGHT = 0.5
+DEFAULT_USER_WEIGHT = 0.9
 MAX_PROMPT_DIGESTS = 200_000  # a card records at most this many of its own prompts' digests
 
 

@@ -56,13 +56,14 @@ def learning_curve(
     seeds: Iterable[int] = (0,), modes: Sequence[str] = MODES,
     weight: float = DEFAULT_USER_WEIGHT,
     exclude: Iterable[str] = DEFAULT_TRAINING_EXCLUDE, params: dict[str, dict] | None = None,
-    progress: bool = True,
+    shipped_params: dict[str, dict] | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """Held-out APGR of each router kind against the number of labelled prompts it was
     trained on. The test split (`test_fraction` of the prompts, by `split_seed`) is fixed;
     each seed draws nested training samples of every size from the rest. `modes`: "own" (the
     sample alone), "with_shipped" (the sample plus the shipped sets minus `exclude`, the
-    sample at `weight` of the training weight), "shipped_only" (the shipped sets alone)."""
+    sample at `weight` of the training weight), "shipped_only" (the shipped sets alone).
+    `params` / `shipped_params`: hyper-parameters per kind without / with the shipped sets."""
     from tqdm import tqdm
 
     exclude = frozenset(exclude)
@@ -81,6 +82,7 @@ def learning_curve(
         raise DataError(f"no training size fits: {len(pool.prompts)} prompts outside the test "
                         f"split, sizes asked {sorted(sizes)}")
     params = params or {}
+    shipped_params = shipped_params or params
     unknown = set(modes) - set(MODES)
     if unknown:
         raise SwitchLLMError(f"unknown learning-curve modes {sorted(unknown)}; known: {MODES}")
@@ -91,6 +93,7 @@ def learning_curve(
     curves: dict[str, Any] = {}
     for kind in kinds:
         kind_params = params.get(kind, {})
+        big_params = shipped_params.get(kind, {})
         values: dict[str, dict[int, list[float | None]]] = {m: {n: [] for n in usable}
                                                            for m in modes}
         for seed in seeds:
@@ -102,8 +105,9 @@ def learning_curve(
                 for mode in modes:
                     data = (sample if mode == "own"
                             else with_shipped(sample, weight, exclude, strong, weak))
-                    values[mode][n].append(_score(kind, kind_params, data, test_prompts,
-                                                  strong, weak, gains))
+                    values[mode][n].append(_score(
+                        kind, kind_params if mode == "own" else big_params, data,
+                        test_prompts, strong, weak, gains))
                     bar.update(1)
         entry: dict[str, Any] = {mode: {str(n): _summary(v) for n, v in per_size.items()}
                                  for mode, per_size in values.items()}
@@ -111,7 +115,7 @@ def learning_curve(
             from switchllm.data.benchmarks import router_training_battles
 
             entry["shipped_only"] = _summary([_score(
-                kind, kind_params, router_training_battles(exclude, strong, weak),
+                kind, big_params, router_training_battles(exclude, strong, weak),
                 test_prompts, strong, weak, gains)])
             bar.update(1)
         curves[kind] = entry

@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from switchllm.data.benchmarks import router_training_battles
+from switchllm.data.benchmarks import DEFAULT_TRAINING_EXCLUDE, router_training_battles
+from switchllm.data.own_data import shipped_sets, training_provenance
 from switchllm.routers import DEFAULTS_DIR
 from switchllm.training import train_router
 
@@ -44,7 +45,9 @@ def main() -> None:
             data = battles.select_prompts(keep)
         started = time.perf_counter()
         result = train_router(kind, data, DEFAULTS_DIR / kind, val_fraction=0.05, seed=SEED,
-                              share_shipped_embeddings=True)
+                              share_shipped_embeddings=True,
+                              provenance=training_provenance(
+                                  [], shipped_sets(DEFAULT_TRAINING_EXCLUDE)))
         print(f"{kind}: {time.perf_counter() - started:.0f}s, validation "
               f"{json.dumps(result.metrics)}")
 

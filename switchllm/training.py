@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,13 +218,17 @@ def train_router(
     seed: int = 0, params: dict[str, Any] | None = None, embedding_model: str | None = None,
     strong_model: str | None = None, weak_model: str | None = None,
     data_files: Sequence[dict[str, Any]] = (), progress: bool = True,
-    share_shipped_embeddings: bool = False,
+    share_shipped_embeddings: bool = False, provenance: dict[str, Any] | None = None,
+    extend_training: Callable[[Battles], Battles] | None = None,
 ) -> TrainResult:
-    """Fit a `kind` router on `battles` and write its card to `output`."""
+    """Fit a `kind` router on `battles` and write its card to `output`. `extend_training`
+    adds to the training split only (e.g. the shipped sets), so validation stays on `battles`."""
     from tqdm import tqdm
 
     router = build_router(kind, params, embedding_model)
     train, val = split_by_prompt(battles, val_fraction, seed)
+    if extend_training is not None:
+        train = extend_training(train)
     started = time.perf_counter()
     stages = tqdm(total=3, desc=f"train {kind}", unit="stage", disable=not progress)
     stages.set_postfix_str("fit")
@@ -254,6 +258,7 @@ def train_router(
             "train_prompts": len(train.prompts), "train_battles": len(train),
             "val_fraction": val_fraction, "seed": seed,
             "seconds": round(time.perf_counter() - started, 2),
+            **(provenance or {}),  # shipped sets and prompt digests (in-sample marking)
         },
         "validation": metrics,
     })

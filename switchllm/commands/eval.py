@@ -1,4 +1,5 @@
-"""`switchllm eval`: evaluate routers on the shipped benchmarks.
+"""`switchllm eval`: evaluate routers on the shipped benchmarks or on your own data
+(`--data FILE`: battles, scores or labels), and draw learning curves (`--train-sizes`).
 
 Writes `DIR/<benchmark>.json` (metrics, curves, references) and `DIR/<benchmark>.png` (plus
 `DIR/<benchmark>_cost.png` for benchmarks with dollar costs) and prints a table per benchmark.
@@ -19,6 +20,22 @@ DEFAULT_OUTPUT = "switchllm-eval"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", default="mmlu",
                         help="benchmark name, comma-separated names, or 'all' (default: mmlu)")
+    parser.add_argument("--data", default=None, metavar="FILE",
+                        help="evaluate on your own data file (battles, scores or labels; "
+                             "see docs/TRAINING.md) instead of --benchmark")
+    parser.add_argument("--format", default="auto", choices=("auto", "battles", "scores",
+                                                              "labels"),
+                        help="data format of --data (default: detected)")
+    parser.add_argument("--train-sizes", default=None, metavar="N,N,...",
+                        help="learning curve: held-out APGR of each router kind trained on N "
+                             "labelled prompts, alone and with the shipped sets")
+    parser.add_argument("--test-fraction", type=float, default=0.3,
+                        help="--train-sizes: share of prompts in the fixed test split")
+    parser.add_argument("--weight", type=float, default=None,
+                        help="--train-sizes: share of the training weight of your labels "
+                             "next to the shipped sets (default: train --with-shipped's)")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="--train-sizes: training samples per size, averaged (default 1)")
     parser.add_argument("--routers", nargs="+", default=["random"], metavar="ROUTER",
                         help="router names or card directories, comma- or space-separated; "
                              "'all' = every router usable without training (default: random)")
@@ -123,20 +140,98 @@ def _print_table(results: dict) -> None:
              ("[oracle]", refs["oracle"])]
     width = max(24, *(len(name) for name, _ in rows))
     print(f"  {'router':<{width}}  {'APGR':>7}  {'CPT(50%)':>9}  {'CPT(80%)':>9}  {'AUC':>9}")
+    marked = False
     for name, e in rows:
+        if e.get("in_sample"):
+            name, marked = f"{name} *", True
         print(f"  {name:<{width}}  {_fmt(e['apgr']):>7}  {_fmt(e['cpt50'], 1, '%'):>9}  "
               f"{_fmt(e['cpt80'], 1, '%'):>9}  {_fmt(e['auc'], 3):>9}")
+    if marked:
+        print("  * in-sample: the card was trained on this benchmark's prompts, so its numbers "
+              "flatter it (use --cv or --leave-out)")
     for name, reason in results["skipped"].items():
         print(f"  skipped {name}: {reason}")
+
+
+def _user_benchmark(args: argparse.Namespace):  # noqa: ANN202 - a Benchmark, imported lazily
+    from switchllm.data.formats import load_training_data
+    from switchllm.evaluation.own_data import benchmark_from_battles
+    from switchllm.training import choose_default_pair
+
+    loaded = load_training_data([args.data], args.format)
+    info = loaded.files[0]
+    print(f"read {info['path']}: {info['format']}, {info['rows']} rows -> {info['battles']} "
+          f"battles")
+    strong, weak = choose_default_pair(loaded.battles, args.strong_model, args.weak_model)
+    return benchmark_from_battles(Path(args.data).stem, loaded.battles, strong, weak,
+                                  f"{args.data} ({info['format']})")
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SwitchLLMError(f"--train-sizes takes comma-separated counts, got {text!r}"
+                             ) from None
+    if not sizes or min(sizes) < 1:
+        raise SwitchLLMError(f"--train-sizes needs positive counts, got {text!r}")
+    return sizes
+
+
+def _learning_curve(args: argparse.Namespace, benchmark, strong: str, weak: str,  # noqa: ANN001
+                    output: Path) -> None:
+    import json
+
+    from switchllm.data.benchmarks import BENCHMARKS, leave_out_exclusions
+    from switchllm.data.own_data import DEFAULT_USER_WEIGHT
+    from switchllm.evaluation.own_data import learning_curve, plot_learning_curve
+    from switchllm.routers import ROUTER_KINDS
+
+    kinds = _split(args.routers)
+    bad = [k for k in kinds if k not in ROUTER_KINDS or k == "random"]
+    if bad:
+        raise SwitchLLMError(f"--train-sizes trains router kinds; {bad[0]!r} is not one "
+                             f"(use e.g. --routers knn,mf)")
+    battles = benchmark.extra.get("battles")
+    if battles is None:
+        battles = benchmark.to_battles()
+    exclude = leave_out_exclusions(benchmark.name) if benchmark.name in BENCHMARKS else None
+    weight = DEFAULT_USER_WEIGHT if args.weight is None else args.weight
+    kwargs = {} if exclude is None else {"exclude": exclude}
+    results = learning_curve(battles, kinds, _sizes(args.train_sizes), strong, weak,
+                             test_fraction=args.test_fraction, split_seed=args.seed,
+                             seeds=range(args.samples), weight=weight, **kwargs)
+    results["benchmark"] = benchmark.name
+    stem = output / f"{benchmark.name}_learning_curve"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    plot_learning_curve(results, stem.with_suffix(".png"), benchmark.name)
+    print(f"\n{benchmark.name} learning curve: held-out APGR on {results['test_prompts']} test "
+          f"prompts, {strong} vs {weak} (random 0.5)")
+    sizes = results["sizes"]
+    print(f"  {'router':<28}" + "".join(f"{n:>8}" for n in sizes))
+    for kind, entry in results["curves"].items():
+        for mode in ("own", "with_shipped"):
+            cells = [entry[mode][str(n)]["mean"] for n in sizes]
+            label = f"{kind} ({'your labels' if mode == 'own' else '+ shipped sets'})"
+            print(f"  {label:<28}" + "".join(f"{_fmt(c):>8}" for c in cells))
+        print(f"  {kind + ' (shipped sets only)':<28}{_fmt(entry['shipped_only']['mean']):>8}")
+    if results["sizes_too_large"]:
+        print(f"  sizes above the {results['pool_prompts']} training prompts skipped: "
+              f"{results['sizes_too_large']}")
+    print(f"  wrote {stem.with_suffix('.json')}, {stem.with_suffix('.png')}")
 
 
 def run(args: argparse.Namespace) -> int:
     from switchllm.data.benchmarks import load_benchmark
     from switchllm.evaluation.runner import EvalSettings, choose_pair, evaluate, write_results
 
-    benchmarks = _benchmarks(args.benchmark)
-    routers = _routers(_with_config(args.routers, args.config),
-                       retrain=args.cv is not None or args.leave_out)
+    if args.train_sizes is not None and (args.cv is not None or args.leave_out):
+        raise SwitchLLMError("--train-sizes draws its own train/test split: drop --cv and "
+                             "--leave-out")
+    user = _user_benchmark(args) if args.data else None
+    benchmarks = [user.name] if user is not None else _benchmarks(args.benchmark)
+    retrain = args.cv is not None or args.leave_out or args.train_sizes is not None
+    routers = _routers(_with_config(args.routers, args.config), retrain=retrain)
     if args.random_iters < 1:
         raise SwitchLLMError(f"--random-iters must be positive, got {args.random_iters}")
     if args.parallel is not None:
@@ -156,13 +251,22 @@ def run(args: argparse.Namespace) -> int:
     # Several benchmarks: one lacking the pair falls back to its own default pair (with a note).
     fallback = len(benchmarks) > 1
     pairs = {}
+
+    def benchmark_named(name: str):  # noqa: ANN202
+        return user if user is not None else load_benchmark(name)
+
     for name in benchmarks:  # check every pair before the (slow) evaluation starts
-        pairs[name] = choose_pair(load_benchmark(name), args.strong_model, args.weak_model,
-                                  fallback)
+        pairs[name] = choose_pair(benchmark_named(name), args.strong_model, args.weak_model,
+                                  fallback or user is not None)
     started = time.perf_counter()
     for name in benchmarks:
         strong, weak, note = pairs[name]
-        results = evaluate(load_benchmark(name), routers, strong, weak, settings, note)
+        if user is not None:
+            note = None  # the pair is the file's (or the one asked for)
+        if args.train_sizes is not None:
+            _learning_curve(args, benchmark_named(name), strong, weak, output)
+            continue
+        results = evaluate(benchmark_named(name), routers, strong, weak, settings, note)
         if not results["routers"]:
             print(f"\n{name}: skipped, no router can score {strong} vs {weak}: "
                   + "; ".join(results["skipped"].values()))

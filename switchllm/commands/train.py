@@ -1,18 +1,36 @@
 """`switchllm train ROUTER --data FILE [FILE ...] --output DIR`: fit a router on your own data
 (pairwise battles, per-model scores or golden labels; see docs/TRAINING.md) and write a router
-card (router.json + weights.safetensors)."""
+card (router.json + weights.safetensors).
+
+`--with-shipped` adds the shipped training sets (your data weighted up with `--weight`);
+`--from-log [LOG]` adds battles built from the server's feedback (`POST /v1/feedback`)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+
+from switchllm.data.battles import Battles
+from switchllm.data.own_data import DEFAULT_USER_WEIGHT
+from switchllm.errors import SwitchLLMError
+from switchllm.serving.config import DEFAULT_LOG_PATH
 
 TRAINABLE = ("sw_ranking", "mf", "knn", "bert", "causal_llm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("router", choices=TRAINABLE, help="router kind to train")
-    parser.add_argument("--data", nargs="+", required=True, metavar="FILE",
+    parser.add_argument("--data", nargs="+", default=[], metavar="FILE",
                         help="training files (.jsonl, .json or .csv); several are merged")
+    parser.add_argument("--from-log", nargs="?", const=DEFAULT_LOG_PATH, default=None,
+                        metavar="LOG", help="also train on the feedback stored in the decision "
+                        f"log (default path: {DEFAULT_LOG_PATH}; needs serve --log-prompts)")
+    parser.add_argument("--with-shipped", action="store_true",
+                        help="also train on the shipped sets (the default routers' recipe, "
+                             "MT-Bench excluded), your data weighted up")
+    parser.add_argument("--weight", type=float, default=None, metavar="W",
+                        help="with --with-shipped: share of the training weight your data "
+                             f"carries, in (0, 1) (default {DEFAULT_USER_WEIGHT})")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="directory to write the router card to")
     parser.add_argument("--format", default="auto", choices=("auto", "battles", "scores",
@@ -41,19 +59,41 @@ def run(args: argparse.Namespace) -> int:
     from switchllm.training import parse_params, train_router
 
     params = parse_params(args.router, args.param)
-    loaded = load_training_data(args.data, args.format, args.on_bad_row)
-    battles = loaded.battles
-    for info in loaded.files:
-        print(f"read {info['path']}: {info['format']}, {info['rows']} rows -> "
-              f"{info['battles']} battles")
-    if loaded.bad_rows:
-        print(f"skipped {len(loaded.bad_rows)} bad rows")
+    if not args.data and args.from_log is None:
+        raise SwitchLLMError("no training data: give --data FILE ... and/or --from-log [LOG]")
+    if args.weight is not None and not args.with_shipped:
+        raise SwitchLLMError("--weight needs --with-shipped (it weighs your data against the "
+                             "shipped sets)")
+    parts, files = [], []
+    if args.data:
+        loaded = load_training_data(args.data, args.format, args.on_bad_row)
+        parts.append(loaded.battles)
+        files += loaded.files
+        for info in loaded.files:
+            print(f"read {info['path']}: {info['format']}, {info['rows']} rows -> "
+                  f"{info['battles']} battles")
+        if loaded.bad_rows:
+            print(f"skipped {len(loaded.bad_rows)} bad rows")
+    if args.from_log is not None:
+        from switchllm.data.feedback_battles import feedback_battles
+
+        built = feedback_battles(args.from_log)
+        parts.append(built.battles)
+        files.append({"path": args.from_log, "format": "feedback",
+                      "rows": built.feedback_rows, "battles": len(built.battles)})
+        print(f"read {args.from_log}: {built.feedback_rows} feedback rows -> "
+              f"{len(built.battles)} battles ({built.summary()})")
+    battles = parts[0]
+    for part in parts[1:]:
+        battles = battles.concat(part)
+    extend, provenance = _with_shipped(args, battles)
     print(f"training {args.router} on {len(battles.prompts)} prompts, {len(battles)} battles, "
           f"{len(battles.models)} models")
     result = train_router(
         args.router, battles, args.output, val_fraction=args.val_fraction, seed=args.seed,
         params=params, embedding_model=args.embedding_model, strong_model=args.strong_model,
-        weak_model=args.weak_model, data_files=loaded.files, progress=not args.quiet,
+        weak_model=args.weak_model, data_files=files, progress=not args.quiet,
+        provenance=provenance, extend_training=extend,
     )
     router, metrics = result.router, result.metrics
     print(f"wrote router card {result.output} (default pair: {router.default_pair[0]} vs "
@@ -71,3 +111,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"  APGR {shown} on {metrics['apgr']['prompts']} prompts "
               f"(random router: 0.5)")
     return 0
+
+
+def _with_shipped(args: argparse.Namespace, battles: Battles
+                  ) -> tuple[Callable[[Battles], Battles] | None, dict]:
+    """With --with-shipped, what adds the shipped sets to the training split (validation
+    stays on the user's prompts); and the card's record of the training data's origin."""
+    from switchllm.data.benchmarks import DEFAULT_TRAINING_EXCLUDE
+    from switchllm.data.own_data import shipped_sets, training_provenance, with_shipped
+
+    if not args.with_shipped:
+        return None, training_provenance(battles.prompts, [])
+    weight = DEFAULT_USER_WEIGHT if args.weight is None else args.weight
+    if not 0.0 < weight < 1.0:
+        raise SwitchLLMError(f"--weight must be between 0 and 1 (exclusive), got {weight}")
+
+    def extend(train: Battles) -> Battles:
+        mixed = with_shipped(train, weight, DEFAULT_TRAINING_EXCLUDE, args.strong_model,
+                             args.weak_model)
+        print(f"with the shipped sets: {len(mixed.prompts)} training prompts, {len(mixed)} "
+              f"battles; your {len(train.prompts)} carry {weight:.0%} of the training weight")
+        return mixed
+
+    provenance = training_provenance(battles.prompts, shipped_sets(DEFAULT_TRAINING_EXCLUDE))
+    provenance["user_weight"] = weight
+    return extend, provenance

@@ -107,7 +107,9 @@ def _cv_win_rates(kind: str, params: dict[str, Any], benchmark: Benchmark, rows:
     order = np.random.default_rng(settings.seed).permutation(len(unique))
     fold_of_text = {unique[i]: rank % folds for rank, i in enumerate(order)}
     fold = np.array([fold_of_text[p] for p in benchmark.prompts])
-    battles = benchmark.to_battles()
+    battles = benchmark.extra.get("battles")  # a user file: every battle, not only the pair's
+    if battles is None:
+        battles = benchmark.to_battles()
     out = np.empty(len(rows))
     for k in range(folds):
         router = router_class(kind)(**params).fit(battles.select_prompts(fold != k),
@@ -139,6 +141,28 @@ def router_win_rates(spec: str, benchmark: Benchmark, rows: np.ndarray, strong: 
         return (f"{spec} (leave-out)",
                 win_rates(router, prompts, strong, weak, settings.batch_size, desc=spec))
     raise SwitchLLMError(f"unknown evaluation mode {settings.mode!r}; known: {', '.join(MODES)}")
+
+
+def card_in_sample(spec: str, benchmark: Benchmark) -> dict[str, Any] | None:
+    """Why the card `spec` (a shipped default name or a card directory) was trained on
+    `benchmark`'s prompts, or None. Cards record their shipped sets and prompt digests; the
+    shipped defaults made before that are known from their recipe (scripts/train_defaults.py:
+    every training set except MT-Bench)."""
+    from switchllm.data.benchmarks import DEFAULT_TRAINING_EXCLUDE
+    from switchllm.data.own_data import in_sample, shipped_sets
+    from switchllm.routers import DEFAULTS_DIR
+
+    if spec == "random":
+        return None
+    path = DEFAULTS_DIR / spec if spec in ROUTER_KINDS else Path(spec)
+    try:
+        card = json.loads((path / "router.json").read_text())
+    except (OSError, ValueError):
+        return None
+    training = dict(card.get("training") or {})
+    if "shipped_sets" not in training and path.resolve().parent == DEFAULTS_DIR.resolve():
+        training["shipped_sets"] = shipped_sets(DEFAULT_TRAINING_EXCLUDE)
+    return in_sample(training, benchmark.name, benchmark.prompts)
 
 
 def _router_entry(rates: np.ndarray, qs: np.ndarray, qw: np.ndarray, weak: float, strong: float,
@@ -208,6 +232,8 @@ def evaluate(benchmark: Benchmark, routers: Sequence[str], strong: str, weak: st
             continue
         entry = _router_entry(rates, qs, qw, weak_q, strong_q, cs, cw)
         entry["seconds"] = round(time.perf_counter() - started, 3)
+        if settings.mode == "plain":
+            entry["in_sample"] = card_in_sample(spec, benchmark)
         results["routers"][name] = entry
     if has_cost:
         results["cost"] = _cost_section(benchmark, rows, results["routers"], scale)

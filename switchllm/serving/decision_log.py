@@ -1,5 +1,6 @@
 """The decision log: one SQLite row per request (time, router, threshold, win rate, model,
-fallback, status, latency, tokens, cost, and the prompt text only when enabled).
+fallback, status, latency, tokens, cost, request id, and the prompt text only when enabled),
+and a `feedback` table of the ratings and preferences clients post about those requests.
 
 Writes happen on a background thread in batches, never on the request path: `record` only puts
 a tuple on a queue.
@@ -35,10 +36,23 @@ CREATE TABLE IF NOT EXISTS decisions (
     completion_tokens INTEGER,
     cost_usd REAL,
     strong_cost_usd REAL,
-    prompt TEXT
+    prompt TEXT,
+    request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    ts REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    rating REAL,
+    preferred_model TEXT,
+    winner TEXT,
+    model TEXT,
+    other_model TEXT,
+    strong_model TEXT
+);
 """
+# Columns added after the first release: (name, SQL type), appended to older files on open.
+ADDED_COLUMNS = [("request_id", "TEXT")]
 
 
 @dataclass
@@ -60,10 +74,40 @@ class DecisionRecord:
     cost_usd: float | None
     strong_cost_usd: float | None  # the same tokens at the strong model's prices
     prompt: str | None = None
+    request_id: str | None = None  # sent to the client as x-switchllm-request-id
+
+
+@dataclass
+class FeedbackRecord:
+    """One `POST /v1/feedback`: exactly one of rating / preferred_model / winner is set.
+    `model` answered the request; `other_model` is the other model of the served pair."""
+
+    ts: float
+    request_id: str
+    rating: float | None
+    preferred_model: str | None
+    winner: str | None  # "strong", "weak" or "tie": which model should have answered
+    model: str
+    other_model: str | None
+    strong_model: str
 
 
 COLUMNS = [f.name for f in fields(DecisionRecord)]
+FEEDBACK_COLUMNS = [f.name for f in fields(FeedbackRecord)]
 _INSERT = f"INSERT INTO decisions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_INSERT_FEEDBACK = (f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(FEEDBACK_COLUMNS))})")
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Add the columns newer versions write to a log file made by an older one."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(decisions)")}
+    for name, sql_type in ADDED_COLUMNS:
+        if name not in present:
+            connection.execute(f"ALTER TABLE decisions ADD COLUMN {name} {sql_type}")
+    connection.execute(
+        "CREATE INDEX IF NOT EXISTS decisions_request_id ON decisions (request_id)")
+    connection.commit()
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -73,6 +117,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
         connection = sqlite3.connect(str(path), check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(SCHEMA)
+        _migrate(connection)
     except sqlite3.Error as exc:
         raise SwitchLLMError(f"cannot open decision log {path}: {exc}") from exc
     return connection
@@ -94,6 +139,7 @@ class DecisionLog:
         self.max_pending = max_pending
         self.dropped = 0
         self._pending: deque[tuple] = deque()
+        self._feedback: deque[tuple] = deque()
         self._stop = threading.Event()
         self._wake = threading.Event()
         connect(self.path).close()  # fail at start-up, not on the first request
@@ -108,7 +154,16 @@ class DecisionLog:
             return
         self._pending.append(astuple(record))
 
+    def record_feedback(self, record: FeedbackRecord) -> None:
+        self._feedback.append(astuple(record))
+
     def _drain(self, connection: sqlite3.Connection) -> None:
+        if self._feedback:
+            rows = []
+            while self._feedback:
+                rows.append(self._feedback.popleft())
+            with connection:
+                connection.executemany(_INSERT_FEEDBACK, rows)
         while self._pending:
             rows = []
             while self._pending and len(rows) < 5000:
@@ -147,7 +202,10 @@ def read_records(path: str | Path) -> Iterator[dict]:
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         connection.row_factory = sqlite3.Row
-        rows = connection.execute(f"SELECT {', '.join(COLUMNS)} FROM decisions ORDER BY ts")
+        # a file written by an older version lacks the newer columns: read them as None
+        present = {row[1] for row in connection.execute("PRAGMA table_info(decisions)")}
+        selected = [c if c in present else f"NULL AS {c}" for c in COLUMNS]
+        rows = connection.execute(f"SELECT {', '.join(selected)} FROM decisions ORDER BY ts")
         for row in rows:
             yield dict(row)
         connection.close()
@@ -165,3 +223,44 @@ def logged_prompts(path: str | Path) -> list[str]:
             "--prompts FILE"
         )
     return prompts
+
+
+def find_decision(path: str | Path, request_id: str) -> dict | None:
+    """The logged decision of one request id, or None (also when the file is not there)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection.row_factory = sqlite3.Row
+        row = connection.execute(
+            "SELECT model, routed_model, strong_model, status FROM decisions "
+            "WHERE request_id = ? LIMIT 1", (request_id,)).fetchone()
+        connection.close()
+    except sqlite3.Error:
+        return None
+    return dict(row) if row is not None else None
+
+
+def read_feedback(path: str | Path) -> list[dict]:
+    """Every feedback row, with the logged prompt of its request (None when not logged)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SwitchLLMError(
+            f"no decision log at {path} (start `switchllm serve` first, or pass its path)")
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection.row_factory = sqlite3.Row
+        tables = {r[0] for r in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "feedback" not in tables:
+            connection.close()
+            return []
+        columns = ", ".join(f"f.{c}" for c in FEEDBACK_COLUMNS)
+        rows = connection.execute(
+            f"SELECT {columns}, d.prompt AS prompt FROM feedback f LEFT JOIN decisions d "
+            "ON d.request_id = f.request_id ORDER BY f.ts").fetchall()
+        connection.close()
+    except sqlite3.Error as exc:
+        raise SwitchLLMError(f"{path} is not a switchllm decision log: {exc}") from exc
+    return [dict(row) for row in rows]

@@ -1,8 +1,9 @@
 """The OpenAI-compatible routing server: a small ASGI app (no framework: every microsecond of
 per-request overhead counts for a proxy) run by uvicorn.
 
-Endpoints: POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health,
-GET /metrics. The request body is forwarded untouched except for `model`; the model that
+Endpoints: POST /v1/chat/completions (streaming and not), POST /v1/feedback, GET /v1/models,
+GET /health, GET /metrics. Every chat response carries `x-switchllm-request-id`, the id that
+feedback refers to. The request body is forwarded untouched except for `model`; the model that
 answered appears in the response `model` field, in every stream chunk and in `x-switchllm-*`
 response headers together with the router's win rate.
 """
@@ -16,6 +17,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
@@ -26,7 +28,14 @@ from switchllm.serving.config import (
     parse_router_model,
     prompt_text,
 )
-from switchllm.serving.decision_log import DecisionLog, DecisionRecord
+from switchllm.serving.decision_log import DecisionLog, DecisionRecord, find_decision
+from switchllm.serving.feedback import (
+    FeedbackError,
+    RecentRequests,
+    ServedRequest,
+    feedback_record,
+    parse_feedback_body,
+)
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
 from switchllm.serving.routing import AsyncRouting, Decision, RouterSet
@@ -111,6 +120,7 @@ class SwitchServer:
         self._upstreams: Upstreams | None = None
         self._cost_total = 0.0
         self._strong_cost_total = 0.0
+        self._recent = RecentRequests()
 
     # ---- lifecycle ------------------------------------------------------------------------
     @property
@@ -155,6 +165,11 @@ class SwitchServer:
             elif path.startswith(("/v1/models/", "/models/")):
                 self._authorize(scope)
                 await _send_json(send, 200, self._model(path.partition("/models/")[2]))
+            elif path == "/v1/feedback":
+                if method != "POST":
+                    raise HTTPError(405, f"{path} accepts POST only", code="method_not_allowed")
+                self._authorize(scope)
+                await self._feedback(scope, receive, send)
             elif path == "/health":
                 await _send_json(send, 200, self._health())
             elif path in ("/v1/models", "/models"):
@@ -370,22 +385,26 @@ class SwitchServer:
         router_label = decision.router if decision else "none"
         if decision is not None:
             self.metrics.routing_seconds.labels(router_label).observe(decision.routing_s)
-        headers = _routing_headers(decision)
+        request_id = uuid.uuid4().hex
+        headers = [*_routing_headers(decision), (b"x-switchllm-request-id", request_id.encode())]
         if warning:
             headers.append((b"x-switchllm-warning", warning.encode("ascii", "replace")))
         if stream:
             await self._chat_stream(
-                receive, send, payload, order, decision, headers, started, text
+                receive, send, payload, order, decision, headers, started, text,
+                request_id=request_id,
             )
             return
         try:
             result = await _unless_gone(receive, self.upstreams.complete(order, payload))
         except ClientGone:
             # Nobody to answer: no fallback call is made for them, and no answer is logged.
-            self._finish(decision, chosen, chosen, False, 499, False, started, None, text)
+            self._finish(decision, chosen, chosen, False, 499, False, started, None, text,
+                         request_id)
             return
         except UpstreamError as exc:
-            self._finish(decision, chosen, chosen, False, exc.status, False, started, None, text)
+            self._finish(decision, chosen, chosen, False, exc.status, False, started, None, text,
+                         request_id)
             await _send_json(send, exc.status, _upstream_error_body(exc),
                              headers + _retry_after_header(exc))
             return
@@ -398,21 +417,23 @@ class SwitchServer:
                     (b"x-switchllm-fallback", b"true" if result.fell_back else b"false")]
         await _send_json(send, 200, result.payload, headers)
         self._finish(decision, chosen, result.model, result.fell_back, 200, False, started,
-                     tokens, text)
+                     tokens, text, request_id)
 
     async def _chat_stream(
         self, receive: Receive, send: Send, payload: dict, order: list[str],
         decision: Decision | None, headers: list[tuple[bytes, bytes]], started: float, text: str,
-        path: str = "/chat/completions",
+        path: str = "/chat/completions", request_id: str | None = None,
     ) -> None:
         try:
             opened: OpenStream = await _unless_gone(
                 receive, self.upstreams.open_stream(order, payload, path))
         except ClientGone:
-            self._finish(decision, order[0], order[0], False, 499, True, started, None, text)
+            self._finish(decision, order[0], order[0], False, 499, True, started, None, text,
+                         request_id)
             return
         except UpstreamError as exc:
-            self._finish(decision, order[0], order[0], False, exc.status, True, started, None, text)
+            self._finish(decision, order[0], order[0], False, exc.status, True, started, None, text,
+                         request_id)
             await _send_json(send, exc.status, _upstream_error_body(exc),
                              headers + _retry_after_header(exc))
             return
@@ -443,7 +464,8 @@ class SwitchServer:
         except (OSError, asyncio.CancelledError, RuntimeError) as exc:
             status = 499  # the client went away
             await opened.rest.aclose()  # type: ignore[attr-defined]
-            self._finish_stream(decision, order[0], opened, status, started, text, payload)
+            self._finish_stream(decision, order[0], opened, status, started, text, payload,
+                                request_id)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
@@ -451,11 +473,12 @@ class SwitchServer:
             await _try_send_end(send, b"")
         finally:
             gone.cancel()
-        self._finish_stream(decision, order[0], opened, status, started, text, payload)
+        self._finish_stream(decision, order[0], opened, status, started, text, payload,
+                            request_id)
 
     def _finish_stream(
         self, decision: Decision | None, routed: str, opened: OpenStream, status: int,
-        started: float, text: str, payload: dict,
+        started: float, text: str, payload: dict, request_id: str | None = None,
     ) -> None:
         state: StreamState = opened.state
         prompt_tokens = state.prompt_tokens
@@ -467,11 +490,12 @@ class SwitchServer:
         if completion is None:
             completion = state.content_chunks
         self._finish(decision, routed, opened.model, opened.fell_back, status, True, started,
-                     (prompt_tokens, completion), text)
+                     (prompt_tokens, completion), text, request_id)
 
     def _finish(
         self, decision: Decision | None, routed: str, model: str, fell_back: bool, status: int,
         stream: bool, started: float, tokens: tuple[int | None, int | None] | None, text: str,
+        request_id: str | None = None,
     ) -> None:
         router_label = decision.router if decision else "none"
         self.metrics.requests.labels(router_label, model, str(status)).inc()
@@ -497,6 +521,10 @@ class SwitchServer:
             self._cost_total += cost
             self._strong_cost_total += strong_cost
             self.metrics.saving.set(self._strong_cost_total - self._cost_total)
+        if request_id is not None:
+            self._recent.add(request_id, ServedRequest(
+                status, model if status == 200 else None, self.config.other_model(model),
+                self.config.strong_model))
         if self.log is not None:
             self.log.record(DecisionRecord(
                 ts=time.time(),
@@ -516,7 +544,31 @@ class SwitchServer:
                 cost_usd=cost,
                 strong_cost_usd=strong_cost,
                 prompt=text,
+                request_id=request_id,
             ))
+
+    # ---- feedback -------------------------------------------------------------------------
+    async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Store a client's rating or preference of an answered request (see serving.feedback)."""
+        body = await _read_body(scope, receive, self.config.max_body_bytes)
+        try:
+            if self.log is None:
+                raise FeedbackError(400, "this server keeps no decision log (log: {path: null}): "
+                                         "feedback cannot be stored", code="feedback_disabled")
+            checked = parse_feedback_body(body)
+            served = self._recent.get(checked["request_id"])
+            if served is None:  # answered before a restart: only the log knows it
+                row = find_decision(self.log.path, checked["request_id"])
+                if row is not None:
+                    served = ServedRequest(row["status"], row["model"],
+                                           self.config.other_model(row["model"] or ""),
+                                           row["strong_model"])
+            record = feedback_record(checked, served)
+        except FeedbackError as exc:
+            raise HTTPError(exc.status, exc.message, code=exc.code, param=exc.param) from None
+        self.log.record_feedback(record)
+        await _send_json(send, 200, {"object": "feedback", "request_id": record.request_id,
+                                     "stored": True})
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ class Choice:
     order: tuple[str, ...]  # every candidate, best first: the fallback order
     quality: dict[str, float]  # predicted quality per candidate
     expected_cost: dict[str, float]  # expected dollars per candidate
-    best_model: str  # the candidate with the highest predicted quality (the saving's baseline)
+    best_model: str  # the group's top model: the baseline a saving is measured against
 
 
 def estimate_tokens(text: str) -> int:
@@ -230,6 +230,10 @@ class ModelChooser:
         self.output_tokens = dict(output_tokens or {})
         self._rng = np.random.default_rng(seed)
         self.mode = self._check_router()
+        # What one would send everything to without routing: the priciest candidate (the
+        # saving in `switchllm stats` is measured against always using it).
+        price = self.input_price + self.output_price
+        self.top_model = self.models[int(np.argmax(price))]
 
     def _check_router(self) -> str:
         name = self.router.kind
@@ -293,7 +297,6 @@ class ModelChooser:
         quality = self.quality(prompts)
         cost = self.expected_costs(input_tokens)
         order = rank_candidates(quality, cost, self.objective)
-        best = np.lexsort((cost, -quality), axis=1)[:, 0]
         choices = []
         for i in range(len(prompts)):
             ranked = tuple(self.models[j] for j in order[i])
@@ -301,6 +304,6 @@ class ModelChooser:
                 model=ranked[0], order=ranked,
                 quality={m: float(quality[i, j]) for j, m in enumerate(self.models)},
                 expected_cost={m: float(cost[i, j]) for j, m in enumerate(self.models)},
-                best_model=self.models[int(best[i])],
+                best_model=self.top_model,
             ))
         return choices

@@ -35,7 +35,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     completion_tokens INTEGER,
     cost_usd REAL,
     strong_cost_usd REAL,
-    prompt TEXT
+    prompt TEXT,
+    route_group TEXT,
+    predicted_quality REAL,
+    expected_cost_usd REAL,
+    best_model TEXT,
+    best_cost_usd REAL
 );
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
 """
@@ -60,6 +65,16 @@ class DecisionRecord:
     cost_usd: float | None
     strong_cost_usd: float | None  # the same tokens at the strong model's prices
     prompt: str | None = None
+    # route groups (choosing among N models); None for pair routing
+    route_group: str | None = None
+    predicted_quality: float | None = None  # of the chosen model, in [0, 1]
+    expected_cost_usd: float | None = None  # the chooser's estimate for the chosen model
+    best_model: str | None = None  # the group's highest-quality candidate for this prompt
+    best_cost_usd: float | None = None  # the same tokens at best_model's prices
+
+# Columns added after the first release, with their SQL types: migrated into older log files.
+ADDED_COLUMNS = {"route_group": "TEXT", "predicted_quality": "REAL",
+                 "expected_cost_usd": "REAL", "best_model": "TEXT", "best_cost_usd": "REAL"}
 
 
 COLUMNS = [f.name for f in fields(DecisionRecord)]
@@ -73,9 +88,19 @@ def connect(path: str | Path) -> sqlite3.Connection:
         connection = sqlite3.connect(str(path), check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(SCHEMA)
+        migrate(connection)
     except sqlite3.Error as exc:
         raise SwitchLLMError(f"cannot open decision log {path}: {exc}") from exc
     return connection
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Add columns newer switchllm versions log to a log file written by an older one."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(decisions)")}
+    with connection:
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in present:
+                connection.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
 
 
 class DecisionLog:
@@ -147,9 +172,11 @@ def read_records(path: str | Path) -> Iterator[dict]:
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         connection.row_factory = sqlite3.Row
-        rows = connection.execute(f"SELECT {', '.join(COLUMNS)} FROM decisions ORDER BY ts")
+        present = {row[1] for row in connection.execute("PRAGMA table_info(decisions)")}
+        wanted = [c for c in COLUMNS if c in present]  # an old, unmigrated file lacks some
+        rows = connection.execute(f"SELECT {', '.join(wanted)} FROM decisions ORDER BY ts")
         for row in rows:
-            yield dict(row)
+            yield {column: None for column in COLUMNS} | dict(row)
         connection.close()
     except sqlite3.Error as exc:
         raise SwitchLLMError(f"{path} is not a switchllm decision log: {exc}") from exc

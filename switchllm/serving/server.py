@@ -26,6 +26,12 @@ from switchllm.serving.config import (
     prompt_text,
 )
 from switchllm.serving.decision_log import DecisionLog, DecisionRecord
+from switchllm.serving.groups import (
+    GroupDecision,
+    GroupRouting,
+    request_input_tokens,
+    router_of,
+)
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
 from switchllm.serving.routing import AsyncRouting, Decision, RouterSet
@@ -38,6 +44,7 @@ from switchllm.serving.upstream import (
 )
 
 Scope = MutableMapping[str, Any]
+AnyDecision = Decision | GroupDecision  # a pair decision or a route group's
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 T = TypeVar("T")
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -92,6 +99,10 @@ class SwitchServer:
             self.routers, config.strong_model, config.weak_model, config.batch_window_ms / 1000,
             config.router_threads, config.max_prompt_chars,
         )
+        # route groups: a config error (unscorable model, unknown router) refuses to start
+        self.groups = GroupRouting(config.routes, self.routers, config.models, config.log_path)
+        self._best_cost_total = 0.0
+        self._group_cost_total = 0.0
         self.metrics = ServerMetrics()
         self.log = (
             DecisionLog(config.log_path, log_prompts=config.log_prompts,
@@ -217,6 +228,12 @@ class SwitchServer:
             for name in self.routers.routers
         ]
         data += [
+            {"id": name, "object": "model", "created": 0, "owned_by": "switchllm",
+             "description": f"route group: {group.router} chooses among "
+             f"{', '.join(group.models)} ({group.objective.describe()})"}
+            for name, group in self.config.routes.items()
+        ]
+        data += [
             {"id": name, "object": "model", "created": 0, "owned_by": "upstream"}
             for name in self.config.models
         ]
@@ -229,10 +246,20 @@ class SwitchServer:
         model_name = payload["model"]
         stream = bool(payload.get("stream"))
         text = prompt_text(payload["messages"])
-        decision: Decision | None = None
+        decision: AnyDecision | None = None
+        order: list[str] | None = None
         try:
             route = parse_router_model(model_name)
-            if route is not None:
+            chooser = self.groups.resolve(model_name) if route is None else None
+            if chooser is not None:
+                router_name = router_of(chooser, self.routers)
+                decision = await self.groups.decide(
+                    model_name, chooser, router_name, text,
+                    request_input_tokens(payload["messages"]),
+                    self.routing.batchers[router_name].executor)
+                chosen = decision.model
+                order = list(decision.order)  # fallback: the next model by predicted utility
+            elif route is not None:
                 threshold = self.routers.threshold(route.router, route)
                 decision = await self.routing.decide(route.router, threshold, text)
                 chosen = decision.model
@@ -247,8 +274,9 @@ class SwitchServer:
                 )
         except ModelNameError as exc:
             raise HTTPError(exc.status, str(exc), code=exc.code, param="model") from None
-        other = self.config.other_model(chosen)
-        order = [chosen, other] if other else [chosen]
+        if order is None:
+            other = self.config.other_model(chosen)
+            order = [chosen, other] if other else [chosen]
         router_label = decision.router if decision else "none"
         if decision is not None:
             self.metrics.routing_seconds.labels(router_label).observe(decision.routing_s)
@@ -281,7 +309,7 @@ class SwitchServer:
 
     async def _chat_stream(
         self, receive: Receive, send: Send, payload: dict, order: list[str],
-        decision: Decision | None, headers: list[tuple[bytes, bytes]], started: float, text: str,
+        decision: AnyDecision | None, headers: list[tuple[bytes, bytes]], started: float, text: str,
     ) -> None:
         try:
             opened: OpenStream = await _unless_gone(
@@ -331,7 +359,7 @@ class SwitchServer:
         self._finish_stream(decision, order[0], opened, status, started, text, payload)
 
     def _finish_stream(
-        self, decision: Decision | None, routed: str, opened: OpenStream, status: int,
+        self, decision: AnyDecision | None, routed: str, opened: OpenStream, status: int,
         started: float, text: str, payload: dict,
     ) -> None:
         state: StreamState = opened.state
@@ -347,15 +375,16 @@ class SwitchServer:
                      (prompt_tokens, completion), text)
 
     def _finish(
-        self, decision: Decision | None, routed: str, model: str, fell_back: bool, status: int,
+        self, decision: AnyDecision | None, routed: str, model: str, fell_back: bool, status: int,
         stream: bool, started: float, tokens: tuple[int | None, int | None] | None, text: str,
     ) -> None:
         router_label = decision.router if decision else "none"
         self.metrics.requests.labels(router_label, model, str(status)).inc()
         if fell_back:
             self.metrics.fallbacks.labels(routed, model).inc()
-        cost = strong_cost = None
+        cost = strong_cost = best_cost = None
         prompt_tokens = completion_tokens = None
+        group = decision if isinstance(decision, GroupDecision) else None
         if tokens is not None and status == 200:
             prompt_tokens, completion_tokens = tokens
             pt, ct = prompt_tokens or 0, completion_tokens or 0
@@ -368,6 +397,15 @@ class SwitchServer:
             self._cost_total += cost
             self._strong_cost_total += strong_cost
             self.metrics.saving.set(self._strong_cost_total - self._cost_total)
+            if group is not None:
+                best_cost = self.config.models[group.best_model].cost(pt, ct)
+                self._best_cost_total += best_cost
+                self._group_cost_total += cost
+                self.metrics.group_saving.labels(group.group).set(
+                    self._best_cost_total - self._group_cost_total)
+        if group is not None:
+            self.metrics.group_choices.labels(group.group, group.model).inc()
+            self.metrics.predicted_quality.labels(group.group).observe(group.predicted_quality)
         if self.log is not None:
             self.log.record(DecisionRecord(
                 ts=time.time(),
@@ -387,6 +425,11 @@ class SwitchServer:
                 cost_usd=cost,
                 strong_cost_usd=strong_cost,
                 prompt=text,
+                route_group=group.group if group else None,
+                predicted_quality=group.predicted_quality if group else None,
+                expected_cost_usd=group.expected_cost if group else None,
+                best_model=group.best_model if group else None,
+                best_cost_usd=best_cost,
             ))
 
 
@@ -502,9 +545,18 @@ def _parse_request(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _routing_headers(decision: Decision | None) -> list[tuple[bytes, bytes]]:
+def _routing_headers(decision: AnyDecision | None) -> list[tuple[bytes, bytes]]:
     if decision is None:
         return []
+    if isinstance(decision, GroupDecision):
+        return [
+            (b"x-switchllm-router", decision.router.encode()),
+            (b"x-switchllm-group", decision.group.encode()),
+            (b"x-switchllm-routed-model", decision.model.encode()),
+            (b"x-switchllm-predicted-quality", f"{decision.predicted_quality:.4f}".encode()),
+            (b"x-switchllm-expected-cost", f"{decision.expected_cost:.6g}".encode()),
+            (b"x-switchllm-routing-ms", f"{decision.routing_s * 1000:.2f}".encode()),
+        ]
     return [
         (b"x-switchllm-router", decision.router.encode()),
         (b"x-switchllm-threshold", f"{decision.threshold:.6g}".encode()),

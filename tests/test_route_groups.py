@@ -5,6 +5,7 @@ fallback to the next candidate, ad-hoc `auto:` names, the 4xx cases, the decisio
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -195,3 +196,67 @@ def test_old_decision_logs_are_migrated(tmp_path: Path) -> None:
     connect(path).close()
     columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(decisions)")}
     assert {"route_group", "predicted_quality", "best_cost_usd"} <= columns
+
+
+# ---- the Controller path -----------------------------------------------------------------
+def controller_config(upstreams: dict[str, FakeUpstream]) -> dict:
+    return {"models": {m: {"base_url": upstreams[m].base_url} for m in MODELS}}
+
+
+def test_controller_models_and_prices(upstreams, cards) -> None:  # noqa: ANN001
+    from switchllm.controller import AsyncController, Controller
+
+    prices = {m: PRICES[m] for m in MODELS}
+    client = Controller(routers=[str(cards["scorer"])], models=MODELS, prices=prices,
+                        objective={"quality_target": 0.05}, config=controller_config(upstreams))
+    # pair routing defaults to the priciest and the cheapest model
+    assert (client.strong_model, client.weak_model) == ("big", "small")
+    easy = client.chat.completions.create(model="auto",
+                                          messages=[{"role": "user", "content": "hi"}])
+    hard = client.chat.completions.create(model="auto",
+                                          messages=[{"role": "user", "content": "a proof"}])
+    assert (easy.model, hard.model) == ("small", "big")
+    assert client.last_choice is not None and client.last_choice.model == "big"
+    assert client.model_counts["auto"] == {"small": 1, "big": 1}
+    choice = client.route_among("hi", "auto")
+    assert choice.order == ("small", "mid", "big") and choice.expected_cost["big"] > 0
+    # fallback to the next candidate by utility
+    upstreams["small"].behaviour("small").fail_status = 500
+    again = client.chat.completions.create(model="auto",
+                                           messages=[{"role": "user", "content": "hey"}])
+    assert again.model == "mid"
+
+    async_client = AsyncController(routers=[str(cards["scorer"])], models=MODELS, prices=prices,
+                                   config=controller_config(upstreams))
+    got = asyncio.run(async_client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "a proof"}]))
+    assert got.model == "big"
+
+
+def test_controller_routes_and_errors(upstreams, cards) -> None:  # noqa: ANN001
+    from switchllm.controller import Controller
+    from switchllm.errors import SwitchLLMError
+
+    config = controller_config(upstreams)
+    client = Controller(
+        routers=["random"], strong_model="big", weak_model="small", config=config,
+        routes={"cheap": {"router": str(cards["scorer"]), "models": MODELS,
+                          "objective": {"willingness_to_pay": 1e9}}},
+        prices={m: {"input_price": PRICES[m][0], "output_price": PRICES[m][1]}
+                for m in MODELS})
+    reply = client.chat.completions.create(model="cheap",
+                                           messages=[{"role": "user", "content": "a proof"}])
+    assert reply.model == "small"
+    # RouteLLM's pair API is unchanged beside the groups
+    pair = client.chat.completions.create(model="router-random-0.0",
+                                          messages=[{"role": "user", "content": "x"}])
+    assert pair.model == "big"
+    with pytest.raises(SwitchLLMError, match="lambda must be a number >= 0"):
+        client.chat.completions.create(model=f"auto:{cards['scorer']}:wtp=-2",
+                                       messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(SwitchLLMError, match="answers pairs only"):
+        Controller(routers=["random", str(cards["pair"])], config=config,
+                   routes={"g": {"router": str(cards["pair"]), "models": MODELS}})
+    with pytest.raises(SwitchLLMError, match="must not be negative"):
+        Controller(routers=[str(cards["scorer"])], models=MODELS, config=config,
+                   prices={"big": (-1, 0)})

@@ -34,7 +34,7 @@ from switchllm.serving.groups import (
 )
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
-from switchllm.serving.routing import AsyncRouting, Decision, RouterSet
+from switchllm.serving.routing import AsyncRouting, Decision, RouterSet, routable_text
 from switchllm.serving.upstream import (
     OpenStream,
     StreamState,
@@ -254,7 +254,8 @@ class SwitchServer:
             if chooser is not None:
                 router_name = router_of(chooser, self.routers)
                 decision = await self.groups.decide(
-                    model_name, chooser, router_name, text,
+                    model_name, chooser, router_name,
+                    routable_text(text, self.config.max_prompt_chars),
                     request_input_tokens(payload["messages"]),
                     self.routing.batchers[router_name].executor)
                 chosen = decision.model

@@ -162,3 +162,24 @@ def test_quality_calibration_from_battles() -> None:
     # a calibrated chooser still sends hard prompts to big and easy ones cheap
     choices = chooser(Objective("quality_target", 0.05), router=router).choose(PROMPTS)
     assert choices[0].model == "big" and choices[2].model == "small"
+
+
+def test_n_model_evaluation_against_the_zero_router_and_oracle() -> None:
+    from switchllm.evaluation.n_models import compare, sweep
+
+    rng = np.random.default_rng(0)
+    n = 400
+    hard = rng.uniform(size=n) < 0.5
+    # big is right everywhere, small only on easy prompts; costs 10 vs 1 per query
+    quality = np.stack([np.ones(n), (~hard).astype(float)], axis=1)
+    cost = np.tile([10.0, 1.0], (n, 1))
+    perfect = quality * 0.8 + 0.1  # a router that knows which prompts are hard
+    c, q = sweep(perfect, cost, quality, cost)
+    report = compare(["big", "small"], quality, cost, {"perfect": (c, q)})
+    entry = report["routers"]["perfect"]
+    assert report["oracle"]["quality"] == 1.0
+    assert report["oracle"]["cost"] == pytest.approx(5.5, abs=0.5)
+    assert entry["cost_to_match_best_single"] == pytest.approx(report["oracle"]["cost"])
+    assert entry["aiq"] > report["zero_router"]["aiq"]
+    assert entry["above_zero_share"] > 0.95
+    assert entry["max_quality"] == 1.0

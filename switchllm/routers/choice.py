@@ -307,3 +307,31 @@ class ModelChooser:
                 best_model=self.top_model,
             ))
         return choices
+
+
+def fit_quality_calibration_from_scores(router: Router, prompts: Sequence[str],
+                                        quality: np.ndarray, models: Sequence[str]
+                                        ) -> dict[str, Any]:
+    """Isotonic maps from each model's `model_scores` to its expected quality (P(answer is
+    correct) for 0/1 quality, the expected normalised score otherwise), fitted on held-out
+    `prompts` whose measured quality per model (n, len(models), in [0, 1], NaN: not measured)
+    is known, as in RouterBench."""
+    scores = router.model_scores(prompts)
+    per_model, xs, ys = {}, [], []
+    for j, model in enumerate(models):
+        if model not in router.models:
+            continue
+        x = scores[:, router.models.index(model)]
+        y = np.asarray(quality[:, j], dtype=float)
+        keep = np.isfinite(y)
+        xs.append(x[keep])
+        ys.append(y[keep])
+        if keep.sum() >= MIN_CALIBRATION_POINTS:
+            kx, ky = isotonic_knots(x[keep], y[keep])
+            per_model[model] = {"x": kx, "y": ky, "n": int(keep.sum())}
+    if not xs:
+        raise ChoiceError("none of the models is known to the router: cannot calibrate")
+    px, py = isotonic_knots(np.concatenate(xs), np.concatenate(ys))
+    return {"definition": "expected quality (measured score) of the model's answer",
+            "method": "isotonic", "pooled": {"x": px, "y": py, "n": int(sum(map(len, xs)))},
+            "models": per_model}

@@ -20,7 +20,8 @@ from switchllm.training import build_router
 
 OUT = Path("docs/results")
 CANDIDATES = {"knn k=16": ("knn", {"k": 16}), "knn k=64": ("knn", {"k": 64}),
-              "mf": ("mf", {"epochs": 10})}
+              "mf epochs=10": ("mf", {"epochs": 10}), "mf epochs=30": ("mf", {"epochs": 30}),
+              "mf epochs=30 text_features=0.1": ("mf", {"epochs": 30, "text_features": 0.1})}
 
 
 def predict(router, prompts, models):  # noqa: ANN001, ANN201

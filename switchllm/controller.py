@@ -36,6 +36,7 @@ from switchllm.compat import (
     with_dict_access,
 )
 from switchllm.errors import SwitchLLMError
+from switchllm.routers.choice import Choice
 from switchllm.serving import (
     ModelNameError,
     ModelSpec,
@@ -51,6 +52,7 @@ from switchllm.serving import (
     router_pair,
     routers_from,
 )
+from switchllm.serving.groups import GroupRouting, parse_routes, request_input_tokens
 from switchllm.serving.pairs import state_pairs
 from switchllm.serving.providers import resolve_model
 
@@ -63,19 +65,43 @@ class Controller:
 
     def __init__(
         self,
-        routers: Sequence[str],
-        strong_model: str,
-        weak_model: str,
+        routers: Sequence[str] | None = None,
+        strong_model: str | None = None,
+        weak_model: str | None = None,
         config: Mapping[str, Any] | str | Path | None = None,
         api_base: str | None = None,
         api_key: str | None = None,
         progress_bar: bool = False,
+        *,
+        routes: Mapping[str, Mapping[str, Any]] | None = None,
+        models: Sequence[str] | None = None,
+        prices: Mapping[str, Any] | None = None,
+        objective: Mapping[str, Any] | None = None,
     ) -> None:
         raw: dict[str, Any] = {}
         if isinstance(config, str | Path):
             raw = load_yaml(config)
         elif isinstance(config, Mapping):
             raw = dict(config)
+        # Route groups (choosing among N models): the config's, `routes=`, and `models=`
+        # (a group named "auto" routed by the first router).
+        group_specs = {**(raw.pop("routes", None) or {}), **(routes or {})}
+        routers = list(routers or [])
+        if models is not None:
+            if not routers:
+                raise SwitchLLMError("models= needs a router to choose with: routers=['mf']")
+            group_specs["auto"] = {"router": routers[0], "models": list(models),
+                                   "objective": objective or {"max_quality": True}}
+        group_models = list(dict.fromkeys(
+            m for spec in group_specs.values() for m in (spec.get("models") or [])))
+        prices = _parse_prices(prices or {})
+        if group_models and (strong_model is None or weak_model is None):
+            # pair routing defaults to the priciest and the cheapest group model
+            by_price = sorted(group_models, key=lambda m: sum(prices.get(m, (0.0, 0.0))))
+            strong_model = strong_model or by_price[-1]
+            weak_model = weak_model or by_price[0]
+        if not strong_model or not weak_model:
+            raise SwitchLLMError("give strong_model= and weak_model=, or models=/routes=")
         self.strong_model = strong_model
         self.weak_model = weak_model
         self.model_pair = ModelPair(strong=strong_model, weak=weak_model)
@@ -84,10 +110,21 @@ class Controller:
         self.progress_bar = progress_bar
         if strong_model == weak_model:
             raise SwitchLLMError(f"strong and weak model are the same: {strong_model!r}")
-        self.routers = RouterSet(routers_from(list(routers), raw))
+        for spec in group_specs.values():
+            if spec.get("router") and spec["router"] not in routers:
+                routers.append(spec["router"])
+        self.routers = RouterSet(routers_from(routers, raw))
         state_pairs(self.routers.routers, strong_model, weak_model)
         self.model_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._names = list(dict.fromkeys([strong_model, weak_model, *group_models]))
         self._specs = self._model_specs(raw, config if isinstance(config, str | Path) else None)
+        for name, (input_price, output_price) in prices.items():
+            if name in self._specs:
+                self._specs[name].input_price = input_price
+                self._specs[name].output_price = output_price
+        self.groups = GroupRouting(parse_routes(group_specs, self._specs, "routes"),
+                                   self.routers, self._specs)
+        self.last_choice: Choice | None = None  # the latest route-group decision
         self._clients: dict[tuple[str, bool], Any] = {}
         # The OpenAI SDK's shape: client.chat.completions.create / acreate.
         self.chat = SimpleNamespace(
@@ -162,7 +199,7 @@ class Controller:
             config = build_config(raw=raw, config_path=path, routers=["random"],
                                   strong_model=self.strong_model, weak_model=self.weak_model)
             specs.update(config.models)
-        for name in (self.strong_model, self.weak_model):
+        for name in self._names:
             if name in specs and name in (raw.get("models") or {}):
                 continue
             specs[name] = resolve_model(name, base_url=self.api_base, api_key=self.api_key)
@@ -195,10 +232,64 @@ class Controller:
     ) -> Any:
         """`chat.completions.create`: route, then call the chosen model (falling back to the
         other one if it fails to answer)."""
+        order = self._group_order(kwargs)
+        if order is not None:
+            return self._call_in_order(order, kwargs)
         router_name, model = self._decide(kwargs, router, threshold)
         response = self._call(model, kwargs, fallback=True)
         self.model_counts[router_name][response.model] += 1
         return response
+
+    # ---- route groups ---------------------------------------------------------------------
+    def route_among(self, prompt: str, group: str) -> Choice:
+        """The choice route group `group` (a configured name or `auto:<router>:<objective>
+        [:<models>]`) makes for `prompt`, without calling a model: the model, the fallback
+        order, predicted quality and expected cost per candidate."""
+        chooser = self.groups.resolve(group)
+        if chooser is None:
+            raise ModelNameError(
+                f"no route group {group!r}; groups: {', '.join(self.groups.groups)}")
+        return chooser.choose([routable_text(prompt)],
+                              [request_input_tokens([{"content": prompt}])])[0]
+
+    def _group_order(self, kwargs: dict[str, Any]) -> list[str] | None:
+        name = kwargs.get("model")
+        if not isinstance(name, str) or parse_router_model(name) is not None:
+            return None
+        chooser = self.groups.resolve(name)
+        if chooser is None:
+            return None
+        messages = kwargs.get("messages") or []
+        choice = chooser.choose([routable_text(prompt_text(messages))],
+                                [request_input_tokens(messages)])[0]
+        self.last_choice = choice
+        self.model_counts[name][choice.model] += 1
+        return list(choice.order)
+
+    def _call_in_order(self, order: list[str], kwargs: dict[str, Any]) -> Any:
+        """Call the candidates in order until one answers (fallback by predicted utility)."""
+        import openai
+
+        for i, model in enumerate(order):
+            try:
+                return self._call(model, kwargs, fallback=False)
+            except (openai.APIConnectionError, openai.InternalServerError,
+                    openai.RateLimitError, openai.AuthenticationError):
+                if i == len(order) - 1:
+                    raise
+        raise AssertionError("unreachable: a group has at least two models")
+
+    async def _acall_in_order(self, order: list[str], kwargs: dict[str, Any]) -> Any:
+        import openai
+
+        for i, model in enumerate(order):
+            try:
+                return await self._acall(model, kwargs, fallback=False)
+            except (openai.APIConnectionError, openai.InternalServerError,
+                    openai.RateLimitError, openai.AuthenticationError):
+                if i == len(order) - 1:
+                    raise
+        raise AssertionError("unreachable: a group has at least two models")
 
     def _call(self, model: str, kwargs: dict[str, Any], fallback: bool) -> Any:
         import openai
@@ -222,6 +313,9 @@ class Controller:
         self, *, router: str | None = None, threshold: float | None = None, **kwargs: Any
     ) -> Any:
         """The async variant (`chat.completions.acreate`)."""
+        order = await asyncio.to_thread(self._group_order, kwargs)
+        if order is not None:
+            return await self._acall_in_order(order, kwargs)
         router_name, model = await self._adecide(kwargs, router, threshold)
         response = await self._acall(model, kwargs, fallback=True)
         self.model_counts[router_name][response.model] += 1
@@ -251,6 +345,25 @@ def _warn_fallback(failed: str, other: str, exc: Exception) -> None:
     status = getattr(exc, "status_code", None)
     log.warning("model %r failed (%s%s); %r answers instead", failed, type(exc).__name__,
                 f" HTTP {status}" if status else "", other)
+
+
+def _parse_prices(prices: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """{model: (input, output)} or {model: {input_price:, output_price:}}, dollars per 1M
+    tokens -> {model: (input, output)}."""
+    out = {}
+    for model, value in prices.items():
+        if isinstance(value, Mapping):
+            value = (value.get("input_price", 0.0), value.get("output_price", 0.0))
+        try:
+            input_price, output_price = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise SwitchLLMError(
+                f"prices[{model!r}] must be (input, output) dollars per 1M tokens, got {value!r}"
+            ) from None
+        if input_price < 0 or output_price < 0:
+            raise SwitchLLMError(f"prices[{model!r}] must not be negative")
+        out[str(model)] = (input_price, output_price)
+    return out
 
 
 class AsyncController(Controller):

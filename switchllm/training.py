@@ -22,6 +22,7 @@ from switchllm.data.battles import Battles
 from switchllm.errors import DataError, SwitchLLMError
 from switchllm.routers import router_class
 from switchllm.routers.base import DEFAULT_STRONG_MODEL, DEFAULT_WEAK_MODEL, Router
+from switchllm.routers.choice import fit_quality_calibration, scores_router
 
 MIN_VALIDATION_CALIBRATION = 200  # fewer held-out prompts than this: calibrate on training ones
 MAX_CALIBRATION_PROMPTS = 5000
@@ -247,6 +248,11 @@ def train_router(
                                                    replace=False))]
     router.calibrate(pool)
     router.card_info["calibration"]["source"] = "validation" if use_val else "training"
+    if scores_router(router):  # scores -> P(win), for choosing among N models
+        held_out = val if val is not None and len(val) else train
+        router.card_info["quality_calibration"] = fit_quality_calibration(router, held_out)
+        router.card_info["quality_calibration"]["source"] = (
+            "validation" if held_out is val else "training")
     stages.update(1)
     stages.close()
     router.card_info.update({

@@ -451,3 +451,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class KeywordScoreRouter(Router):
+    """A router that scores models, for route-group tests: on a prompt with one of its keywords
+    the first model scores 2 and the others -2; on any other prompt every model scores 0. The
+    right choice is known: hard prompts need the first model, the rest can go anywhere."""
+
+    kind = "keyword_scores"
+    params = ("keywords", "scored_models")
+
+    def __init__(self, keywords: tuple[str, ...] | list[str] = ("proof",),
+                 scored_models: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__()
+        self.keywords = list(keywords)
+        self.scored_models = list(scored_models)
+        self.models = list(scored_models)
+        if len(self.models) >= 2:
+            self.default_pair = (self.models[0], self.models[-1])
+
+    def model_scores(self, prompts) -> np.ndarray:  # noqa: ANN001
+        scores = np.zeros((len(prompts), len(self.models)))
+        for i, prompt in enumerate(prompts):
+            if any(k in prompt for k in self.keywords):
+                scores[i] = -2.0
+                scores[i, 0] = 2.0
+        return scores
+
+    def win_rate(self, prompts, strong=None, weak=None) -> np.ndarray:  # noqa: ANN001
+        strong, weak = self.resolve_pair(strong, weak)
+        s = self.model_scores(prompts)
+        a, b = self.models.index(strong), self.models.index(weak)
+        return 1.0 / (1.0 + np.exp(-(s[:, a] - s[:, b])))

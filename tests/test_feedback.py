@@ -185,5 +185,6 @@ def test_old_log_files_gain_the_request_id_column(tmp_path: Path) -> None:
     assert next(read_records(path))["request_id"] is None  # readable before migration
     connect(path).close()
     columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(decisions)")]
-    assert columns[-1] == "request_id"
+    assert columns[17:] == ["request_id", "route_group", "predicted_quality",
+                            "expected_cost_usd", "best_model", "best_cost_usd"]
     assert [r["status"] for r in read_records(path)] == [200]

@@ -77,6 +77,12 @@ def test_train_command_writes_a_complete_card(knn_card: Path, capsys) -> None:
     assert len(card["calibration"]["quantiles"]) == 101
     router = load_router(knn_card)
     assert 0 <= router.threshold_for_strong_share(0.3) <= 1
+    # scores -> P(win) maps for choosing among N models, fitted on the validation split
+    quality = card["quality_calibration"]
+    assert quality["source"] == "validation" and quality["method"] == "isotonic"
+    for knots in [quality["pooled"], *quality["models"].values()]:
+        assert np.all(np.diff(knots["x"]) >= 0) and np.all(np.diff(knots["y"]) >= 0)
+        assert 0 <= min(knots["y"]) <= max(knots["y"]) <= 1
 
 
 def test_train_command_prints_validation(tmp_path: Path, capsys) -> None:

@@ -67,6 +67,7 @@ class ModelSpec:
     upstream_model: str | None = None
     input_price: float = 0.0  # dollars per 1M tokens
     output_price: float = 0.0
+    output_tokens: float | None = None  # expected completion tokens (route groups' cost)
 
     @property
     def sent_name(self) -> str:
@@ -104,6 +105,7 @@ class ServingConfig:
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False
     log_flush_ms: float = 200.0  # decision-log write interval: what a SIGKILL can lose at most
+    routes: dict[str, Any] = field(default_factory=dict)  # group name -> groups.RouteGroup
 
     def __post_init__(self) -> None:
         for role, name in (("strong_model", self.strong_model), ("weak_model", self.weak_model)):
@@ -219,7 +221,7 @@ _SERVER_KEYS = {
 }
 _MODEL_KEYS = {
     "base_url": str, "api_key_env": str, "upstream_model": str, "input_price": float,
-    "output_price": float,
+    "output_price": float, "output_tokens": float,
 }
 
 
@@ -346,13 +348,24 @@ def build_config(
     for key, value in (overrides or {}).items():
         if value is not None:
             kwargs[key] = value
+    served = routers_from(routers if routers else raw.get("routers"), raw)
+    routes = _routes(raw.get("routes"), models, where)
+    for group in routes.values():  # a group's router is served even if `routers` omits it
+        served.setdefault(group.router, group.router)
     return ServingConfig(
         strong_model=strong or "",
         weak_model=weak or "",
         models=models,
-        routers=routers_from(routers if routers else raw.get("routers"), raw),
+        routers=served,
+        routes=routes,
         **kwargs,
     )
+
+
+def _routes(section: Any, models: dict[str, ModelSpec], where: str) -> dict[str, Any]:
+    from switchllm.serving.groups import parse_routes
+
+    return parse_routes(section, models, where)
 
 
 def _typed(value: Any, kind: type, where: str) -> Any:

@@ -37,7 +37,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     cost_usd REAL,
     strong_cost_usd REAL,
     prompt TEXT,
-    request_id TEXT
+    request_id TEXT,
+    route_group TEXT,
+    predicted_quality REAL,
+    expected_cost_usd REAL,
+    best_model TEXT,
+    best_cost_usd REAL
 );
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -52,7 +57,8 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 """
 # Columns added after the first release: (name, SQL type), appended to older files on open.
-ADDED_COLUMNS = [("request_id", "TEXT")]
+ADDED_COLUMNS = [("request_id", "TEXT"), ("route_group", "TEXT"), ("predicted_quality", "REAL"),
+                 ("expected_cost_usd", "REAL"), ("best_model", "TEXT"), ("best_cost_usd", "REAL")]
 
 
 @dataclass
@@ -75,6 +81,12 @@ class DecisionRecord:
     strong_cost_usd: float | None  # the same tokens at the strong model's prices
     prompt: str | None = None
     request_id: str | None = None  # sent to the client as x-switchllm-request-id
+    # route groups (choosing among N models); None for pair routing
+    route_group: str | None = None
+    predicted_quality: float | None = None  # of the chosen model, in [0, 1]
+    expected_cost_usd: float | None = None  # the chooser's estimate for the chosen model
+    best_model: str | None = None  # the group's highest-quality candidate for this prompt
+    best_cost_usd: float | None = None  # the same tokens at best_model's prices
 
 
 @dataclass
@@ -207,7 +219,7 @@ def read_records(path: str | Path) -> Iterator[dict]:
         selected = [c if c in present else f"NULL AS {c}" for c in COLUMNS]
         rows = connection.execute(f"SELECT {', '.join(selected)} FROM decisions ORDER BY ts")
         for row in rows:
-            yield dict(row)
+            yield {column: None for column in COLUMNS} | dict(row)
         connection.close()
     except sqlite3.Error as exc:
         raise SwitchLLMError(f"{path} is not a switchllm decision log: {exc}") from exc

@@ -48,6 +48,19 @@ class ServerMetrics:
             "switchllm_fallbacks", "Requests answered by the other model after a failure",
             ["from_model", "to_model"], registry=r,
         )
+        self.group_choices = Counter(
+            "switchllm_group_choices", "Route-group decisions by chosen model",
+            ["group", "model"], registry=r,
+        )
+        self.predicted_quality = Histogram(
+            "switchllm_group_predicted_quality", "Predicted quality of the chosen model",
+            ["group"], buckets=tuple(i / 10 for i in range(1, 11)), registry=r,
+        )
+        self.group_saving = Gauge(
+            "switchllm_group_saving_dollars",
+            "Estimated saving against always using the group's best model", ["group"],
+            registry=r,
+        )
         self.retries = Counter(
             "switchllm_upstream_retries", "Upstream retries", ["model"], registry=r
         )

@@ -227,6 +227,11 @@ class MicroBatcher:
             self._scheduled = True
             loop.call_soon(self._start_batch, loop)
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The router's single worker thread (route groups score models on it too)."""
+        return self._executor
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -36,9 +36,15 @@ from switchllm.serving.feedback import (
     feedback_record,
     parse_feedback_body,
 )
+from switchllm.serving.groups import (
+    GroupDecision,
+    GroupRouting,
+    request_input_tokens,
+    router_of,
+)
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
-from switchllm.serving.routing import AsyncRouting, Decision, RouterSet
+from switchllm.serving.routing import AsyncRouting, Decision, RouterSet, routable_text
 from switchllm.serving.upstream import (
     OpenStream,
     StreamState,
@@ -48,6 +54,7 @@ from switchllm.serving.upstream import (
 )
 
 Scope = MutableMapping[str, Any]
+AnyDecision = Decision | GroupDecision  # a pair decision or a route group's
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 T = TypeVar("T")
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -109,6 +116,10 @@ class SwitchServer:
             self.routers, config.strong_model, config.weak_model, config.batch_window_ms / 1000,
             config.router_threads, config.max_prompt_chars,
         )
+        # route groups: a config error (unscorable model, unknown router) refuses to start
+        self.groups = GroupRouting(config.routes, self.routers, config.models, config.log_path)
+        self._best_cost_total = 0.0
+        self._group_cost_total = 0.0
         self.metrics = ServerMetrics()
         self.log = (
             DecisionLog(config.log_path, log_prompts=config.log_prompts,
@@ -249,6 +260,12 @@ class SwitchServer:
             for name in self.routers.routers
         ]
         data += [
+            {"id": name, "object": "model", "created": 0, "owned_by": "switchllm",
+             "description": f"route group: {group.router} chooses among "
+             f"{', '.join(group.models)} ({group.objective.describe()})"}
+            for name, group in self.config.routes.items()
+        ]
+        data += [
             {"id": name, "object": "model", "created": 0, "owned_by": "upstream"}
             for name in self.config.models
         ]
@@ -361,11 +378,22 @@ class SwitchServer:
         model_name = payload["model"]
         stream = bool(payload.get("stream"))
         text = prompt_text(payload["messages"])
-        decision: Decision | None = None
+        decision: AnyDecision | None = None
+        order: list[str] | None = None
         warning: str | None = None
         try:
             route = parse_router_model(model_name)
-            if route is not None:
+            chooser = self.groups.resolve(model_name) if route is None else None
+            if chooser is not None:
+                router_name = router_of(chooser, self.routers)
+                decision = await self.groups.decide(
+                    model_name, chooser, router_name,
+                    routable_text(text, self.config.max_prompt_chars),
+                    request_input_tokens(payload["messages"]),
+                    self.routing.batchers[router_name].executor)
+                chosen = decision.model
+                order = list(decision.order)  # fallback: the next model by predicted utility
+            elif route is not None:
                 threshold, warning = self.routers.resolve(route.router, route)
                 decision = await self.routing.decide(route.router, threshold, text)
                 chosen = decision.model
@@ -380,8 +408,9 @@ class SwitchServer:
                 )
         except ModelNameError as exc:
             raise HTTPError(exc.status, str(exc), code=exc.code, param="model") from None
-        other = self.config.other_model(chosen)
-        order = [chosen, other] if other else [chosen]
+        if order is None:
+            other = self.config.other_model(chosen)
+            order = [chosen, other] if other else [chosen]
         router_label = decision.router if decision else "none"
         if decision is not None:
             self.metrics.routing_seconds.labels(router_label).observe(decision.routing_s)
@@ -421,7 +450,7 @@ class SwitchServer:
 
     async def _chat_stream(
         self, receive: Receive, send: Send, payload: dict, order: list[str],
-        decision: Decision | None, headers: list[tuple[bytes, bytes]], started: float, text: str,
+        decision: AnyDecision | None, headers: list[tuple[bytes, bytes]], started: float, text: str,
         path: str = "/chat/completions", request_id: str | None = None,
     ) -> None:
         try:
@@ -477,7 +506,7 @@ class SwitchServer:
                             request_id)
 
     def _finish_stream(
-        self, decision: Decision | None, routed: str, opened: OpenStream, status: int,
+        self, decision: AnyDecision | None, routed: str, opened: OpenStream, status: int,
         started: float, text: str, payload: dict, request_id: str | None = None,
     ) -> None:
         state: StreamState = opened.state
@@ -493,7 +522,7 @@ class SwitchServer:
                      (prompt_tokens, completion), text, request_id)
 
     def _finish(
-        self, decision: Decision | None, routed: str, model: str, fell_back: bool, status: int,
+        self, decision: AnyDecision | None, routed: str, model: str, fell_back: bool, status: int,
         stream: bool, started: float, tokens: tuple[int | None, int | None] | None, text: str,
         request_id: str | None = None,
     ) -> None:
@@ -507,8 +536,9 @@ class SwitchServer:
                      fell_back, status, stream)
         if fell_back:
             self.metrics.fallbacks.labels(routed, model).inc()
-        cost = strong_cost = None
+        cost = strong_cost = best_cost = None
         prompt_tokens = completion_tokens = None
+        group = decision if isinstance(decision, GroupDecision) else None
         if tokens is not None and status == 200:
             prompt_tokens, completion_tokens = tokens
             pt, ct = prompt_tokens or 0, completion_tokens or 0
@@ -521,6 +551,15 @@ class SwitchServer:
             self._cost_total += cost
             self._strong_cost_total += strong_cost
             self.metrics.saving.set(self._strong_cost_total - self._cost_total)
+            if group is not None:
+                best_cost = self.config.models[group.best_model].cost(pt, ct)
+                self._best_cost_total += best_cost
+                self._group_cost_total += cost
+                self.metrics.group_saving.labels(group.group).set(
+                    self._best_cost_total - self._group_cost_total)
+        if group is not None:
+            self.metrics.group_choices.labels(group.group, group.model).inc()
+            self.metrics.predicted_quality.labels(group.group).observe(group.predicted_quality)
         if request_id is not None:
             self._recent.add(request_id, ServedRequest(
                 status, model if status == 200 else None, self.config.other_model(model),
@@ -545,6 +584,11 @@ class SwitchServer:
                 strong_cost_usd=strong_cost,
                 prompt=text,
                 request_id=request_id,
+                route_group=group.group if group else None,
+                predicted_quality=group.predicted_quality if group else None,
+                expected_cost_usd=group.expected_cost if group else None,
+                best_model=group.best_model if group else None,
+                best_cost_usd=best_cost,
             ))
 
     # ---- feedback -------------------------------------------------------------------------
@@ -701,9 +745,18 @@ def _parse_request(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _routing_headers(decision: Decision | None) -> list[tuple[bytes, bytes]]:
+def _routing_headers(decision: AnyDecision | None) -> list[tuple[bytes, bytes]]:
     if decision is None:
         return []
+    if isinstance(decision, GroupDecision):
+        return [
+            (b"x-switchllm-router", decision.router.encode()),
+            (b"x-switchllm-group", decision.group.encode()),
+            (b"x-switchllm-routed-model", decision.model.encode()),
+            (b"x-switchllm-predicted-quality", f"{decision.predicted_quality:.4f}".encode()),
+            (b"x-switchllm-expected-cost", f"{decision.expected_cost:.6g}".encode()),
+            (b"x-switchllm-routing-ms", f"{decision.routing_s * 1000:.2f}".encode()),
+        ]
     return [
         (b"x-switchllm-router", decision.router.encode()),
         (b"x-switchllm-threshold", f"{decision.threshold:.6g}".encode()),

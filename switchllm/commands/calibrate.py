@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
         rates = []
         for start in tqdm(range(0, len(prompts), BATCH), desc="win rates", unit="batch",
-                          disable=len(prompts) <= BATCH):
+                          disable=True if len(prompts) <= BATCH else None):
             rates.append(np.asarray(router.win_rate(prompts[start:start + BATCH], strong, weak)))
         threshold = threshold_for(np.concatenate(rates), args.strong_pct)
         basis = f"{len(prompts)} prompts from {source}"

@@ -7,21 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from neural_fixtures import mmlu_battles
+from neural_fixtures import make_tiny_bert
 
+from switchllm.data.battles import Battles
 from switchllm.routers import DEFAULTS_DIR, load_router
 from switchllm.routers.bert import BertRouter
 from switchllm.routers.score_cache import SCORES_FILE, ScoreCache, write_score_cache
 
-FAST = {"max_length": 64, "epochs": 1, "train_layers": 1, "batch_size": 32}
-
 
 @pytest.fixture(scope="module")
 def card(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    battles = mmlu_battles(64, seed=2)
-    directory = BertRouter(**FAST).fit(battles, progress=False).save(
-        tmp_path_factory.mktemp("score_cache") / "card")
-    return directory, list(dict.fromkeys(battles.prompts))[:12]
+    root = tmp_path_factory.mktemp("score_cache")
+    prompts = [f"question {i} about topic {i % 5}" for i in range(12)]
+    battles = Battles.from_records([(p, "strong", "weak", float(i % 2))
+                                    for i, p in enumerate(prompts)])
+    router = BertRouter(base_model=str(make_tiny_bert(root / "base")), max_length=32,
+                        batch_size=8)
+    return router.fit(battles, progress=False).save(root / "card"), prompts
 
 
 def test_cached_prompts_are_read_and_the_rest_computed(card, tmp_path: Path) -> None:
@@ -51,7 +53,7 @@ def test_a_cache_of_other_weights_or_models_is_ignored(card, tmp_path: Path) -> 
 
 
 def test_a_trained_router_never_reads_a_cache(card) -> None:
-    assert BertRouter(**FAST)._cached_prompt_scores() is None
+    assert BertRouter()._cached_prompt_scores() is None
 
 
 @pytest.mark.slow

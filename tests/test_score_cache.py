@@ -68,4 +68,5 @@ def test_the_shipped_bert_cache_matches_the_card() -> None:
     rows, cached = cache.lookup(prompts)
     assert len(rows) == len(prompts)
     router._score_cache = None  # compute
-    np.testing.assert_allclose(cached, router.model_scores(prompts), atol=2e-4)
+    # float16 keeps ~3 significant digits
+    np.testing.assert_allclose(cached, router.model_scores(prompts), rtol=1e-3, atol=1e-3)

@@ -146,7 +146,8 @@ class OpenAIEmbedder(Embedder):
         out: list[np.ndarray] = []
         starts = range(0, len(texts), self.batch_size)
         with httpx.Client(timeout=self.timeout, headers=headers) as client:
-            for start in tqdm(starts, desc="embedding", disable=not progress, unit="batch"):
+            for start in tqdm(starts, desc="embedding", unit="batch",
+                              disable=None if progress else True):
                 batch = list(texts[start:start + self.batch_size])
                 out.append(self._request(client, batch))
         vectors = np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

@@ -10,7 +10,11 @@ class UnknownRouterError(SwitchLLMError):
 
 
 class UnknownModelError(SwitchLLMError):
-    pass
+    """`short`: the same in one short line (no list of known models), for reports and logs."""
+
+    def __init__(self, message: str, short: str | None = None) -> None:
+        super().__init__(message)
+        self.short = short or message
 
 
 class DataError(SwitchLLMError):

@@ -231,7 +231,7 @@ def train_router(
     if extend_training is not None:
         train = extend_training(train)
     started = time.perf_counter()
-    stages = tqdm(total=3, desc=f"train {kind}", unit="stage", disable=not progress)
+    stages = tqdm(total=3, desc=f"train {kind}", unit="stage", disable=None if progress else True)
     stages.set_postfix_str("fit")
     router.fit(train, progress=progress)
     router.default_pair = choose_default_pair(battles, strong_model, weak_model)

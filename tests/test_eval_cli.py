@@ -134,3 +134,15 @@ def test_unwritable_output_fails_without_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "cannot write to output directory" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_router_that_cannot_score_the_pair_is_skipped_in_one_short_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", "--benchmark", "mt-bench-human", "--routers", "mf,knn",
+                 "--strong-model", "alpaca-13b", "--weak-model", "llama-13b",
+                 "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "no router can score" in line)
+    assert "the mf router does not know model 'alpaca-13b'" in line
+    assert "gpt-4-1106-preview" not in out  # not the routers' lists of known models
+    assert len(line) < 300

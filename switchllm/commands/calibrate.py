@@ -138,7 +138,7 @@ def _calibrate_one(args: argparse.Namespace, name: str, spec: str, prompts: list
 
         rates = []
         for start in tqdm(range(0, len(prompts), BATCH), desc=f"win rates ({name})",
-                          unit="batch", disable=len(prompts) <= BATCH):
+                          unit="batch", disable=True if len(prompts) <= BATCH else None):
             rates.append(np.asarray(router.win_rate(prompts[start:start + BATCH], strong, weak)))
         threshold = threshold_for(np.concatenate(rates), args.strong_pct)
         basis = f"{len(prompts)} prompts from {source}"

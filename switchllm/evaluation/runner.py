@@ -72,7 +72,7 @@ def win_rates(router: Router, prompts: Sequence[str], strong: str, weak: str,
     out = np.empty(len(prompts), dtype=np.float64)
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", leave=False,
-                      disable=len(starts) < 2):
+                      disable=True if len(starts) < 2 else None):
         batch = list(prompts[start:start + batch_size])
         rates = np.asarray(router.win_rate(batch, strong, weak), dtype=np.float64)
         if rates.shape != (len(batch),):
@@ -228,7 +228,7 @@ def evaluate(benchmark: Benchmark, routers: Sequence[str], strong: str, weak: st
         try:
             name, rates = router_win_rates(spec, benchmark, rows, strong, weak, settings)
         except UnknownModelError as exc:  # a router that cannot score this pair
-            results["skipped"][spec] = str(exc)
+            results["skipped"][spec] = exc.short
             continue
         entry = _router_entry(rates, qs, qw, weak_q, strong_q, cs, cw)
         entry["seconds"] = round(time.perf_counter() - started, 3)

@@ -80,7 +80,9 @@ class Router(ABC):
                 if model not in self.models:
                     raise UnknownModelError(
                         f"the {self.kind} router does not know model {model!r}; "
-                        f"it knows: {', '.join(self.models)}"
+                        f"it knows: {', '.join(self.models)}",
+                        short=f"the {self.kind} router does not know model {model!r} "
+                              f"(it knows {len(self.models)} models)",
                     )
         if strong == weak:
             raise UnknownModelError(f"strong and weak model are the same: {strong!r}")

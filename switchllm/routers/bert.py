@@ -28,6 +28,7 @@ from switchllm.errors import DataError, SwitchLLMError
 from switchllm.routers import torch_utils as tu
 from switchllm.routers.base import DEFAULT_STRONG_MODEL, DEFAULT_WEAK_MODEL, Router
 from switchllm.routers.frozen_cache import FrozenCache
+from switchllm.routers.score_cache import ScoreCache
 
 if TYPE_CHECKING:
     import torch
@@ -76,6 +77,7 @@ class BertRouter(Router):
         self._tokenizer: Any = None
         self._head: Any = None
         self._device = "cpu"
+        self._score_cache: ScoreCache | None | bool = False  # False: not looked up yet
 
     # ---- model construction -------------------------------------------------------------------
     def _load_base(self) -> dict[str, str]:
@@ -192,7 +194,7 @@ class BertRouter(Router):
 
         epoch_losses: list[float] = []
         bar = tqdm(total=steps_per_epoch * self.epochs, desc="training bert router",
-                   unit="step", leave=False, disable=not progress)
+                   unit="step", leave=False, disable=None if progress else True)
         for _ in range(self.epochs):
             for layer in trained_layers:
                 layer.train()
@@ -244,14 +246,29 @@ class BertRouter(Router):
         out = np.empty((len(prompts), len(self.models)), dtype=np.float32)
         if not prompts:
             return out
-        token_ids = self._tokenize(prompts)
+        cached = self._cached_prompt_scores()
+        todo = np.arange(len(prompts))
+        if cached is not None:
+            rows, scores = cached.lookup(prompts)
+            out[rows] = scores
+            todo = np.setdiff1d(todo, rows)
+        if not len(todo):
+            return out
+        token_ids = self._tokenize([prompts[i] for i in todo])
         batches = list(tu.length_sorted_batches([len(t) for t in token_ids], INFERENCE_BATCH))
         with torch.inference_mode():
+            # disable=None: no bar when output is not a terminal (a log file)
             for batch in tqdm(batches, desc="scoring prompts", unit="batch", leave=False,
-                              disable=len(prompts) <= 4 * INFERENCE_BATCH):
+                              disable=None if len(todo) > 4 * INFERENCE_BATCH else True):
                 scores = self._scores([token_ids[i] for i in batch], train=False)
-                out[batch] = scores.float().cpu().numpy()
+                out[todo[batch]] = scores.float().cpu().numpy()
         return out
+
+    def _cached_prompt_scores(self) -> ScoreCache | None:
+        """The loaded card's shipped scores of the shipped prompts, if they match its weights."""
+        if self._score_cache is False:
+            self._score_cache = ScoreCache.for_card(self.card_info.get("path"), self.models)
+        return self._score_cache
 
     def win_rate(
         self, prompts: Sequence[str], strong: str | None = None, weak: str | None = None

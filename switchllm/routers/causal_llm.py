@@ -234,7 +234,7 @@ class CausalLLMRouter(Router):
         batches = list(tu.length_sorted_batches([len(t) for t in token_ids], INFERENCE_BATCH))
         with torch.no_grad():
             for batch in tqdm(batches, desc="grading prompts", unit="batch", leave=False,
-                              disable=len(batches) <= 2):
+                              disable=True if len(batches) <= 2 else None):
                 logits = self._label_logits([token_ids[i] for i in batch])
                 out[batch] = torch.softmax(logits, dim=-1).cpu().numpy()
         return out
@@ -304,7 +304,7 @@ class CausalLLMRouter(Router):
         scheduler = tu.linear_warmup_decay(optimizer, steps_per_epoch * self.epochs)
         epoch_losses: list[float] = []
         bar = tqdm(total=steps_per_epoch * self.epochs, desc="training causal_llm router",
-                   unit="step", leave=False, disable=not progress)
+                   unit="step", leave=False, disable=None if progress else True)
         self._model.train()
         for _ in range(self.epochs):
             perm = rng.permutation(len(token_ids))

@@ -133,7 +133,7 @@ class FrozenCache:
         self.states: list[torch.Tensor] = [torch.empty(0)] * len(self.token_ids)
         batches = list(tu.length_sorted_batches([len(t) for t in self.token_ids], CAPTURE_BATCH))
         for batch in tqdm(batches, desc="encoding frozen layers", unit="batch", leave=False,
-                          disable=not progress):
+                          disable=None if progress else True):
             ids, mask = tu.pad_batch([self.token_ids[i] for i in batch], pad_id, device)
             hidden = capture(model, first_trained, ids, mask)
             for row, i in enumerate(batch):

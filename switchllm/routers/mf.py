@@ -89,7 +89,7 @@ class MFRouter(EmbeddingRouter):
             return head(model_vectors(models) * proj(vectors)).squeeze(-1)
 
         steps = self.epochs * max(1, -(-n // self.batch_size))
-        bar = tqdm(total=steps, desc="training mf", unit="step", disable=not progress)
+        bar = tqdm(total=steps, desc="training mf", unit="step", disable=None if progress else True)
         for _ in range(self.epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, self.batch_size):

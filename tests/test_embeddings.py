@@ -103,7 +103,8 @@ def test_local_default_model_embeds_offline(tmp_path):
     assert similar > different + 0.2
 
 
-def test_cache_shards_are_batched_and_compacted(embeddings_server, tmp_path):
+def test_cache_shards_are_batched_and_compacted(embeddings_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(CachedEmbedder, "FLUSH_SECONDS", 3600.0)  # rows decide, not a slow host
     def embedder() -> CachedEmbedder:
         return CachedEmbedder(OpenAIEmbedder("m", base_url=embeddings_server), cache_dir=tmp_path,
                               use_shipped=False)

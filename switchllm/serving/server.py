@@ -326,27 +326,8 @@ class SwitchServer:
             await self._chat_stream(receive, send, payload, order, decision, headers, started,
                                     text, path=upstream_path)
             return
-        try:
-            result = await _unless_gone(
-                receive, self.upstreams.complete(order, payload, upstream_path))
-        except ClientGone:
-            self._finish(decision, chosen, chosen, False, 499, False, started, None, text)
-            return
-        except UpstreamError as exc:
-            self._finish(decision, chosen, chosen, False, exc.status, False, started, None, text)
-            await _send_json(send, exc.status, _upstream_error_body(exc),
-                             headers + _retry_after_header(exc))
-            return
-        self.metrics.upstream_seconds.labels(result.model).observe(result.upstream_s)
-        usage = result.payload.get("usage")
-        usage = usage if isinstance(usage, dict) else {}
-        tokens = (token_count(usage.get("prompt_tokens", usage.get("input_tokens"))),
-                  token_count(usage.get("completion_tokens", usage.get("output_tokens", 0))))
-        headers += [(b"x-switchllm-model", result.model.encode()),
-                    (b"x-switchllm-fallback", b"true" if result.fell_back else b"false")]
-        await _send_json(send, 200, result.payload, headers)
-        self._finish(decision, chosen, result.model, result.fell_back, 200, False, started,
-                     tokens, text)
+        await self._complete(receive, send, payload, order, decision, chosen, headers, started,
+                             text, upstream_path)
 
     async def _choose(self, model_name: str, text: str, routed: bool
                       ) -> tuple[Decision | None, str, str | None]:
@@ -424,8 +405,17 @@ class SwitchServer:
                 request_id=request_id,
             )
             return
+        await self._complete(receive, send, payload, order, decision, chosen, headers, started,
+                             text, request_id=request_id)
+
+    async def _complete(
+        self, receive: Receive, send: Send, payload: dict, order: list[str],
+        decision: AnyDecision | None, chosen: str, headers: list[tuple[bytes, bytes]],
+        started: float, text: str, path: str = "/chat/completions", request_id: str | None = None,
+    ) -> None:
+        """One non-streamed upstream answer (with fallback along `order`), sent and logged."""
         try:
-            result = await _unless_gone(receive, self.upstreams.complete(order, payload))
+            result = await _unless_gone(receive, self.upstreams.complete(order, payload, path))
         except ClientGone:
             # Nobody to answer: no fallback call is made for them, and no answer is logged.
             self._finish(decision, chosen, chosen, False, 499, False, started, None, text,
@@ -440,10 +430,12 @@ class SwitchServer:
         self.metrics.upstream_seconds.labels(result.model).observe(result.upstream_s)
         usage = result.payload.get("usage")
         usage = usage if isinstance(usage, dict) else {}
-        tokens = (token_count(usage.get("prompt_tokens")),
-                  token_count(usage.get("completion_tokens")))
-        headers += [(b"x-switchllm-model", result.model.encode()),
-                    (b"x-switchllm-fallback", b"true" if result.fell_back else b"false")]
+        # chat and completions say prompt/completion tokens; the Responses API input/output
+        tokens = (token_count(usage.get("prompt_tokens", usage.get("input_tokens"))),
+                  token_count(usage.get("completion_tokens", usage.get("output_tokens"))))
+        headers = headers + [
+            (b"x-switchllm-model", result.model.encode()),
+            (b"x-switchllm-fallback", b"true" if result.fell_back else b"false")]
         await _send_json(send, 200, result.payload, headers)
         self._finish(decision, chosen, result.model, result.fell_back, 200, False, started,
                      tokens, text, request_id)

@@ -56,7 +56,9 @@ def chat(url: str, prompt: str, model: str, stream: bool = False,
 
 def feedback(url: str, body: object, key: str = KEY) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     return httpx.post(url + "/v1/feedback", content=content, timeout=10, headers=headers)
 
 

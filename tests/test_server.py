@@ -87,6 +87,7 @@ def client(server: ServerThread) -> openai.OpenAI:
 
 def post(server: ServerThread, body: object, raw: bytes | None = None, **kw) -> httpx.Response:
     content = raw if raw is not None else json.dumps(body).encode()
+    kw["headers"] = {"content-type": "application/json", **kw.get("headers", {})}
     return httpx.post(server.url + "/v1/chat/completions", content=content, timeout=10, **kw)
 
 

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from switchllm.serving import build_config, create_app, read_records
+from switchllm.serving import ConfigError, build_config, create_app, read_records
 from switchllm.serving.routing import MicroBatcher
 from tests.serving_fixtures import FakeUpstream, KeywordRouter, ServerThread
 
@@ -293,3 +293,50 @@ def test_a_short_retry_after_is_waited_out_on_the_same_model() -> None:
     finally:
         thread.stop()
         upstream.stop()
+
+
+# ---- browser attacks on a keyless local server ---------------------------------------------
+def test_a_cross_site_text_plain_post_is_refused(server: tuple[ServerThread, FakeUpstream]) -> None:
+    thread, upstream = server
+    upstream.reset()
+    body = json.dumps(HI).encode()
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        response = httpx.post(thread.url + "/v1/chat/completions", content=body, timeout=10,
+                              headers={"content-type": kind, "origin": "https://evil.example"})
+        assert response.status_code == 415
+        assert "Content-Type: application/json" in response.json()["error"]["message"]
+    assert upstream.seen == []  # no upstream credit spent
+    ok = httpx.post(thread.url + "/v1/chat/completions", content=body, timeout=10,
+                    headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_dns_rebinding_host_is_refused_on_loopback(
+    server: tuple[ServerThread, FakeUpstream],
+) -> None:
+    thread, upstream = server
+    upstream.reset()
+    for path in ("/v1/chat/completions", "/metrics", "/v1/models"):
+        response = httpx.request("POST" if "chat" in path else "GET", thread.url + path,
+                                 json=HI, headers={"host": "attacker.example"}, timeout=10)
+        assert response.status_code == 403
+        assert "attacker.example" in response.json()["error"]["message"]
+    assert upstream.seen == []
+    for host in ("localhost", f"127.0.0.1:{thread.port}", f"localhost:{thread.port}"):
+        assert httpx.get(thread.url + "/health", headers={"host": host}).status_code == 200
+
+
+def test_allowed_hosts_setting(tmp_path: Path) -> None:
+    def names(**overrides: object) -> set[str] | None:
+        config = build_config(routers={"random": "random"}, strong_model="s", weak_model="w",
+                              overrides={"log_path": None, **overrides})
+        return config.served_host_names()
+
+    assert names() == {"127.0.0.1", "localhost", "::1"}
+    assert names(host="0.0.0.0") is None  # beyond loopback: any name unless configured
+    assert names(host="0.0.0.0", allowed_hosts=["Router.Example.com"]) == {"router.example.com"}
+    assert names(allowed_hosts=["*"]) is None
+    (tmp_path / "c.yaml").write_text("routers: [random]\nstrong_model: s\nweak_model: w\n"
+                                     "server: {allowed_hosts: router.example.com}\n")
+    with pytest.raises(ConfigError, match="allowed_hosts must be a list"):
+        build_config(config_path=tmp_path / "c.yaml")

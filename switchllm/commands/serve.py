@@ -11,6 +11,7 @@ import signal
 
 from switchllm.errors import SwitchLLMError
 from switchllm.serving import DEFAULT_LOG_PATH, DEFAULT_PORT
+from switchllm.serving.config import LOOPBACK_HOSTS
 
 # How `--workers N` hands the parsed flags to each uvicorn worker process.
 WORKER_ARGS_ENV = "SWITCHLLM_SERVE_ARGS"
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=None,
                         help=f"decision log SQLite path (default {DEFAULT_LOG_PATH})")
     parser.add_argument("--no-log", action="store_true", help="do not write a decision log")
+    parser.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                        help="comma-separated Host names to answer (default: loopback names when "
+                             "listening on loopback, else any; '*': any)")
     parser.add_argument("--log-flush-ms", type=float, default=None, metavar="MS",
                         help="decision-log write interval (default 200; SIGHUP writes at once; "
                              "a SIGKILL loses at most this much)")
@@ -69,6 +73,8 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
         "log_path": args.log,
         "log_prompts": True if args.log_prompts else None,
         "log_flush_ms": args.log_flush_ms,
+        "allowed_hosts": ([h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+                          if getattr(args, "allowed_hosts", None) else None),
     }
     config = build_config(
         config_path=args.config, routers=args.routers, strong_model=args.strong_model,
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     where = f"http://{config.host}:{config.port}"
     print(f"switchllm: serving routers {', '.join(config.routers)} "
           f"(strong {config.strong_model}, weak {config.weak_model}) on {where}/v1")
-    if not config.api_keys and config.host not in ("127.0.0.1", "localhost", "::1"):
+    if not config.api_keys and config.host not in LOOPBACK_HOSTS:
         print("switchllm: warning: listening beyond loopback without client API keys "
               "(--api-keys)")
     options = {"host": config.host, "port": config.port, "log_level": "warning",

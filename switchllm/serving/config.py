@@ -35,6 +35,7 @@ from switchllm.errors import SwitchLLMError
 
 DEFAULT_PORT = 6060
 DEFAULT_HOST = "127.0.0.1"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_LOG_PATH = "switchllm-decisions.sqlite"
 ROUTER_PREFIX = "router-"
 # RouteLLM's default pair for serving (its openai_server's --strong-model / --weak-model).
@@ -101,6 +102,9 @@ class ServingConfig:
     router_threads: int = 0  # torch threads for router compute; 0: all cores
     max_prompt_chars: int = 16_000  # routers read at most this much of a prompt
     shutdown_grace_s: float = 10.0  # on SIGTERM, wait this long for requests in flight
+    # Host header names served (DNS rebinding); None: loopback names when bound to loopback,
+    # any name otherwise; ["*"]: any name
+    allowed_hosts: list[str] | None = None
     api_keys: list[str] = field(default_factory=list, repr=False)
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False
@@ -124,6 +128,15 @@ class ServingConfig:
             raise ConfigError(f"log flush_ms must be in [1, 60000], got {self.log_flush_ms}")
         if not 0.0 <= self.batch_window_ms <= 100.0:
             raise ConfigError(f"batch_window_ms must be in [0, 100], got {self.batch_window_ms}")
+
+    def served_host_names(self) -> set[str] | None:
+        """The Host names to answer (lower case, no port), or None for any."""
+        if self.allowed_hosts is not None:
+            names = {h.lower().strip("[]") for h in self.allowed_hosts}
+            return None if "*" in names else names
+        if self.host in LOOPBACK_HOSTS:
+            return set(LOOPBACK_HOSTS)
+        return None
 
     def other_model(self, model: str) -> str | None:
         if model == self.strong_model:
@@ -217,7 +230,7 @@ def content_text(content: Any) -> str:
 _SERVER_KEYS = {
     "host": str, "port": int, "timeout": float, "connect_timeout": float, "retries": int,
     "backoff": float, "max_body_bytes": int, "batch_window_ms": float, "router_threads": int,
-    "max_prompt_chars": int, "shutdown_grace_s": float,
+    "max_prompt_chars": int, "shutdown_grace_s": float, "allowed_hosts": list,
 }
 _MODEL_KEYS = {
     "base_url": str, "api_key_env": str, "upstream_model": str, "input_price": float,
@@ -338,6 +351,11 @@ def build_config(
     for key, value in server.items():
         if key not in _SERVER_KEYS:
             raise ConfigError(f"{where}: server: unknown setting {key!r}")
+        if key == "allowed_hosts":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: server.allowed_hosts must be a list of host names")
+            kwargs[key] = value
+            continue
         kwargs[key] = _typed(value, _SERVER_KEYS[key], f"{where}: server.{key}")
     if "path" in log:
         kwargs["log_path"] = None if log["path"] in (None, False, "") else str(log["path"])

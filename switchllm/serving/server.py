@@ -128,6 +128,7 @@ class SwitchServer:
             else None
         )
         self._api_keys = [k.encode() for k in config.api_keys]
+        self._allowed_hosts = config.served_host_names()
         self._upstreams: Upstreams | None = None
         self._cost_total = 0.0
         self._strong_cost_total = 0.0
@@ -163,6 +164,7 @@ class SwitchServer:
         path: str = scope["path"]
         method: str = scope["method"]
         try:
+            self._check_origin(scope, method)
             if path in CHAT_PATHS:
                 if method != "POST":
                     raise HTTPError(405, f"{path} accepts POST only", code="method_not_allowed")
@@ -224,6 +226,25 @@ class SwitchServer:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _check_origin(self, scope: Scope, method: str) -> None:
+        """Browser attacks on a keyless local server: a page on another site may POST to it
+        (CSRF, as a `text/plain` "simple request" that needs no CORS preflight), or reach it
+        under its own name through DNS rebinding. JSON-only bodies stop the first, the Host
+        allow-list the second."""
+        headers = dict(scope["headers"])
+        if self._allowed_hosts is not None:
+            host = headers.get(b"host", b"").decode("latin-1").lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name.strip("[]") not in self._allowed_hosts:
+                raise HTTPError(403, f"Host {host!r} is not served here (allowed_hosts: "
+                                f"{', '.join(sorted(self._allowed_hosts))})",
+                                code="host_not_allowed")
+        if method == "POST":
+            kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if kind != b"application/json":
+                raise HTTPError(415, "send the request body as JSON with "
+                                "Content-Type: application/json", code="unsupported_media_type")
 
     def _authorize(self, scope: Scope) -> None:
         if not self._api_keys:

@@ -340,3 +340,15 @@ def test_allowed_hosts_setting(tmp_path: Path) -> None:
                                      "server: {allowed_hosts: router.example.com}\n")
     with pytest.raises(ConfigError, match="allowed_hosts must be a list"):
         build_config(config_path=tmp_path / "c.yaml")
+
+
+def test_every_endpoint_answers_its_own_method_only(
+    server: tuple[ServerThread, FakeUpstream],
+) -> None:
+    thread, _ = server
+    for method, path in (("DELETE", "/metrics"), ("POST", "/health"), ("PUT", "/v1/models"),
+                         ("POST", "/v1/models/weak"), ("GET", "/v1/chat/completions"),
+                         ("GET", "/v1/feedback"), ("GET", "/v1/embeddings")):
+        response = httpx.request(method, thread.url + path, timeout=10)
+        assert response.status_code == 405, (method, path)
+        assert response.json()["error"]["code"] == "method_not_allowed"

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sys
 
 from switchllm.errors import SwitchLLMError
 from switchllm.serving import DEFAULT_LOG_PATH, DEFAULT_PORT
@@ -96,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = config_from_args(args)  # errors surface here, before any worker starts
+    if getattr(args, "api_key", None):
+        print("switchllm: warning: --api-key is visible to every user of this machine in the "
+              "process list; prefer $OPENAI_API_KEY or api_key_env in the config",
+              file=sys.stderr)
     where = f"http://{config.host}:{config.port}"
     print(f"switchllm: serving routers {', '.join(config.routers)} "
           f"(strong {config.strong_model}, weak {config.weak_model}) on {where}/v1")

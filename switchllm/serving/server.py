@@ -166,29 +166,30 @@ class SwitchServer:
         try:
             self._check_origin(scope, method)
             if path in CHAT_PATHS:
-                if method != "POST":
-                    raise HTTPError(405, f"{path} accepts POST only", code="method_not_allowed")
+                _require_method(path, method, "POST")
                 self._authorize(scope)
                 await self._chat(scope, receive, send)
             elif path in FORWARDED:
-                if method != "POST":
-                    raise HTTPError(405, f"{path} accepts POST only", code="method_not_allowed")
+                _require_method(path, method, "POST")
                 self._authorize(scope)
                 await self._forward(scope, receive, send, *FORWARDED[path])
             elif path.startswith(("/v1/models/", "/models/")):
+                _require_method(path, method, "GET")
                 self._authorize(scope)
                 await _send_json(send, 200, self._model(path.partition("/models/")[2]))
             elif path == "/v1/feedback":
-                if method != "POST":
-                    raise HTTPError(405, f"{path} accepts POST only", code="method_not_allowed")
+                _require_method(path, method, "POST")
                 self._authorize(scope)
                 await self._feedback(scope, receive, send)
             elif path == "/health":
+                _require_method(path, method, "GET")
                 await _send_json(send, 200, self._health())
             elif path in ("/v1/models", "/models"):
+                _require_method(path, method, "GET")
                 self._authorize(scope)
                 await _send_json(send, 200, self._models())
             elif path == "/metrics":
+                _require_method(path, method, "GET")
                 self._authorize(scope)
                 body = self.metrics.render()
                 content_type = self.metrics.content_type.encode()
@@ -240,7 +241,9 @@ class SwitchServer:
                 raise HTTPError(403, f"Host {host!r} is not served here (allowed_hosts: "
                                 f"{', '.join(sorted(self._allowed_hosts))})",
                                 code="host_not_allowed")
-        if method == "POST":
+        path = scope["path"]
+        if method == "POST" and (path in CHAT_PATHS or path in FORWARDED
+                                 or path == "/v1/feedback"):
             kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if kind != b"application/json":
                 raise HTTPError(415, "send the request body as JSON with "
@@ -679,6 +682,11 @@ async def _unless_gone(receive: Receive, work: Awaitable[T]) -> T:
 
 
 MAX_JSON_DEPTH = 64
+
+
+def _require_method(path: str, method: str, allowed: str) -> None:
+    if method != allowed:
+        raise HTTPError(405, f"{path} accepts {allowed} only", code="method_not_allowed")
 
 
 def _reject_constant(name: str) -> None:

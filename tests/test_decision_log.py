@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from switchllm.serving.decision_log import DecisionLog, DecisionRecord, read_records
+from switchllm.serving.decision_log import DecisionLog, DecisionRecord, connect, read_records
 from tests.serving_fixtures import FakeUpstream, free_port
 
 
@@ -85,3 +86,24 @@ def test_serve_flushes_on_sighup_and_keeps_serving_then_sigterm_loses_nothing(
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why
     assert process.returncode in (0, -signal.SIGTERM)
     assert rows() == 4  # the last request was written at shutdown
+
+
+def test_old_log_files_are_readable_then_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE decisions (ts REAL NOT NULL, router TEXT, threshold REAL, "
+                "win_rate REAL, model TEXT, routed_model TEXT, strong_model TEXT, fallback "
+                "INTEGER NOT NULL DEFAULT 0, status INTEGER NOT NULL, stream INTEGER NOT NULL "
+                "DEFAULT 0, latency_ms REAL, routing_ms REAL, prompt_tokens INTEGER, "
+                "completion_tokens INTEGER, cost_usd REAL, strong_cost_usd REAL, prompt TEXT)")
+    old.execute("INSERT INTO decisions (ts, status, strong_model) VALUES (1.0, 200, 's')")
+    old.commit()
+    old.close()
+    row = next(read_records(path))  # readable before migration: newer columns read as None
+    assert row["request_id"] is None and row["route_group"] is None
+    connect(path).close()
+    columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(decisions)")]
+    assert columns[17:] == ["request_id", "route_group", "predicted_quality",
+                            "expected_cost_usd", "best_model", "best_cost_usd"]
+    assert {"route_group", "predicted_quality", "best_cost_usd"} <= set(columns)
+    assert [r["status"] for r in read_records(path)] == [200]

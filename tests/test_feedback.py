@@ -4,7 +4,6 @@ running server (auth, validation), the `feedback` table, and `train --from-log`.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from switchllm.cli import main
 from switchllm.routers import load_router
 from switchllm.serving.config import build_config
-from switchllm.serving.decision_log import connect, read_feedback, read_records
+from switchllm.serving.decision_log import read_feedback, read_records
 from switchllm.serving.server import create_app
 from tests.serving_fixtures import FakeUpstream, ServerThread
 
@@ -173,20 +172,3 @@ def test_train_from_log_without_prompts_says_how_to_fix(upstream: FakeUpstream,
     assert code == 2 and "--log-prompts" in err and "Traceback" not in err
 
 
-def test_old_log_files_gain_the_request_id_column(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    old = sqlite3.connect(path)
-    old.execute("CREATE TABLE decisions (ts REAL NOT NULL, router TEXT, threshold REAL, "
-                "win_rate REAL, model TEXT, routed_model TEXT, strong_model TEXT, fallback "
-                "INTEGER NOT NULL DEFAULT 0, status INTEGER NOT NULL, stream INTEGER NOT NULL "
-                "DEFAULT 0, latency_ms REAL, routing_ms REAL, prompt_tokens INTEGER, "
-                "completion_tokens INTEGER, cost_usd REAL, strong_cost_usd REAL, prompt TEXT)")
-    old.execute("INSERT INTO decisions (ts, status, strong_model) VALUES (1.0, 200, 's')")
-    old.commit()
-    old.close()
-    assert next(read_records(path))["request_id"] is None  # readable before migration
-    connect(path).close()
-    columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(decisions)")]
-    assert columns[17:] == ["request_id", "route_group", "predicted_quality",
-                            "expected_cost_usd", "best_model", "best_cost_usd"]
-    assert [r["status"] for r in read_records(path)] == [200]

@@ -6,7 +6,6 @@ fallback to the next candidate, ad-hoc `auto:` names, the 4xx cases, the decisio
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from switchllm import routers as router_registry
 from switchllm.cli import main
 from switchllm.serving.config import ConfigError, build_config
-from switchllm.serving.decision_log import connect, read_records
+from switchllm.serving.decision_log import read_records
 from switchllm.serving.server import create_app
 from tests.serving_fixtures import FakeUpstream, KeywordRouter, KeywordScoreRouter, ServerThread
 
@@ -179,23 +178,6 @@ def test_config_errors_at_start_up(upstreams, cards, tmp_path: Path) -> None:  #
         start({"g": {"router": "pair", "models": MODELS}})
     with pytest.raises(ConfigError, match="unknown setting"):
         start({"g": {"router": "scorer", "models": MODELS, "lambda": 3}})
-
-
-def test_old_decision_logs_are_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    old = sqlite3.connect(path)
-    old.execute("CREATE TABLE decisions (ts REAL NOT NULL, router TEXT, threshold REAL, "
-                "win_rate REAL, model TEXT, routed_model TEXT, strong_model TEXT, fallback "
-                "INTEGER NOT NULL DEFAULT 0, status INTEGER NOT NULL, stream INTEGER NOT NULL "
-                "DEFAULT 0, latency_ms REAL, routing_ms REAL, prompt_tokens INTEGER, "
-                "completion_tokens INTEGER, cost_usd REAL, strong_cost_usd REAL, prompt TEXT)")
-    old.execute("INSERT INTO decisions (ts, status, strong_model) VALUES (1, 200, 'big')")
-    old.commit()
-    old.close()
-    assert next(read_records(path))["route_group"] is None  # readable before migrating
-    connect(path).close()
-    columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(decisions)")}
-    assert {"route_group", "predicted_quality", "best_cost_usd"} <= columns
 
 
 # ---- the Controller path -----------------------------------------------------------------

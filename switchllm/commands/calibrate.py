@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--calibration-set", default=None, metavar="NAME",
                         help="use the card's quantiles on one prompt set (shipped cards: "
                         "llmrouter, arena-hard, validation) instead of its chat quantiles")
-    parser.add_argument("--log", default=DEFAULT_LOG_PATH, help="decision log path")
+    parser.add_argument("--log", default=DEFAULT_LOG_PATH,
+                        help="decision log: SQLite path or postgresql:// URL")
     parser.add_argument("--strong-model", default=None, help="served strong model (only for "
                         "routers that score specific models)")
     parser.add_argument("--weak-model", default=None, help="served weak model")
@@ -119,8 +120,9 @@ def _prompts(args: argparse.Namespace) -> tuple[list[str] | None, str]:
         return read_prompts(args.prompts), args.prompts
     if args.from_log:
         from switchllm.serving import logged_prompts
+        from switchllm.serving.log_store import shown
 
-        return logged_prompts(args.log), f"the decision log {args.log}"
+        return logged_prompts(args.log), f"the decision log {shown(args.log)}"
     return None, ""
 
 

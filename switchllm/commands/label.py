@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts file (.jsonl, .json, .csv or .txt)")
     parser.add_argument("--from-log", nargs="?", const="", default=None, metavar="LOG",
                         help="label the prompts logged by `switchllm serve --log-prompts` "
-                             "(default: the config's log path, else switchllm-decisions.sqlite)")
+                             "(an SQLite path or postgresql:// URL; default: the config's log "
+                             "url or path, else switchllm-decisions.sqlite)")
     parser.add_argument("--config", required=True, metavar="YAML",
                         help="the serving config that defines the models (as for serve)")
     parser.add_argument("--models", required=True, metavar="A,B[,C...]",
@@ -103,7 +104,8 @@ def build_job(args: argparse.Namespace):  # noqa: ANN201 - LabelJob, imported la
             raise SwitchLLMError("golden mode needs a reference answer per prompt; the "
                                  "decision log has none (use a PROMPTS file)")
         log = raw.get("log") if isinstance(raw.get("log"), dict) else {}
-        path = args.from_log or (log or {}).get("path") or DEFAULT_LOG_PATH
+        path = (args.from_log or (log or {}).get("url") or (log or {}).get("path")
+                or DEFAULT_LOG_PATH)
         items = logged_prompt_items(path)
     else:
         items = read_prompts(args.prompts, args.prompt_field)

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from urllib.parse import urlsplit
 
 from switchllm.errors import SwitchLLMError
 from switchllm.serving import DEFAULT_LOG_PATH, DEFAULT_PORT
@@ -37,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "required as Bearer tokens (default: $SWITCHLLM_API_KEYS; none: open)")
     parser.add_argument("--log", default=None,
                         help=f"decision log SQLite path (default {DEFAULT_LOG_PATH})")
+    parser.add_argument("--log-url", default=None, metavar="URL",
+                        help="keep the decision log in Postgres instead: postgresql://USER@HOST"
+                             "/DB (shared by many servers; password from PGPASSWORD or "
+                             "~/.pgpass; needs switchllm[postgres])")
+    parser.add_argument("--log-buffer-rows", type=int, default=None, metavar="N",
+                        help="decision-log rows held in memory while the log store is away "
+                             "(default 200000; beyond that rows are dropped and counted)")
     parser.add_argument("--no-log", action="store_true", help="do not write a decision log")
     parser.add_argument("--allowed-hosts", default=None, metavar="NAMES",
                         help="comma-separated Host names to answer (default: loopback names when "
@@ -72,6 +80,8 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
         "router_threads": args.router_threads,
         "api_keys": client_api_keys(args.api_keys) or None,
         "log_path": args.log,
+        "log_url": getattr(args, "log_url", None),
+        "log_buffer_rows": getattr(args, "log_buffer_rows", None),
         "log_prompts": True if args.log_prompts else None,
         "log_flush_ms": args.log_flush_ms,
         "allowed_hosts": ([h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
@@ -82,8 +92,10 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
         weak_model=args.weak_model, base_url=args.base_url, api_key=args.api_key,
         overrides=overrides,
     )
+    if args.log and getattr(args, "log_url", None):
+        raise SwitchLLMError("give --log PATH (SQLite) or --log-url URL (Postgres), not both")
     if args.no_log:
-        config.log_path = None
+        config.log_path = config.log_url = None
     return config
 
 
@@ -101,9 +113,16 @@ def run(args: argparse.Namespace) -> int:
         print("switchllm: warning: --api-key is visible to every user of this machine in the "
               "process list; prefer $OPENAI_API_KEY or api_key_env in the config",
               file=sys.stderr)
+    if getattr(args, "log_url", None) and urlsplit(args.log_url).password:
+        print("switchllm: warning: the password in --log-url is visible to every user of this "
+              "machine in the process list; prefer PGPASSWORD or ~/.pgpass", file=sys.stderr)
     where = f"http://{config.host}:{config.port}"
     print(f"switchllm: serving routers {', '.join(config.routers)} "
           f"(strong {config.strong_model}, weak {config.weak_model}) on {where}/v1")
+    if config.log_location:
+        from switchllm.serving.log_store import open_store
+
+        print(f"switchllm: decision log: {open_store(config.log_location).location}")
     if not config.api_keys and config.host not in LOOPBACK_HOSTS:
         print("switchllm: warning: listening beyond loopback without client API keys "
               "(--api-keys)")

@@ -15,7 +15,8 @@ from switchllm.serving import DEFAULT_LOG_PATH
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log", default=DEFAULT_LOG_PATH, help="decision log path")
+    parser.add_argument("--log", default=DEFAULT_LOG_PATH,
+                        help="decision log: SQLite path or postgresql:// URL")
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -90,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     records = list(read_records(args.log))
     if not records:
-        print(f"{args.log}: no requests logged yet")
+        from switchllm.serving.log_store import shown
+
+        print(f"{shown(args.log)}: no requests logged yet")
         return 0
     header = (f"{'router':<14}{'requests':>9}{'errors':>8}{'fallback':>9}{'strong':>8}"
               f"{'cost $':>12}{'strong-only $':>15}{'saving':>8}{'p50 ms':>9}{'p95 ms':>9}")

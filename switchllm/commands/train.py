@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training files (.jsonl, .json or .csv); several are merged")
     parser.add_argument("--from-log", nargs="?", const=DEFAULT_LOG_PATH, default=None,
                         metavar="LOG", help="also train on the feedback stored in the decision "
-                        f"log (default path: {DEFAULT_LOG_PATH}; needs serve --log-prompts)")
+                        f"log, an SQLite path or postgresql:// URL (default: {DEFAULT_LOG_PATH}; "
+                        "needs serve --log-prompts)")
     parser.add_argument("--with-shipped", action="store_true",
                         help="also train on the shipped sets (the default routers' recipe, "
                              "MT-Bench excluded), your data weighted up")
@@ -76,12 +77,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped {len(loaded.bad_rows)} bad rows")
     if args.from_log is not None:
         from switchllm.data.feedback_battles import feedback_battles
+        from switchllm.serving.log_store import shown
 
         built = feedback_battles(args.from_log)
         parts.append(built.battles)
-        files.append({"path": args.from_log, "format": "feedback",
+        # the card records where its data came from: never a database password
+        files.append({"path": shown(args.from_log), "format": "feedback",
                       "rows": built.feedback_rows, "battles": len(built.battles)})
-        print(f"read {args.from_log}: {built.feedback_rows} feedback rows -> "
+        print(f"read {shown(args.from_log)}: {built.feedback_rows} feedback rows -> "
               f"{len(built.battles)} battles ({built.summary()})")
     battles = parts[0]
     for part in parts[1:]:

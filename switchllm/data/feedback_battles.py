@@ -18,6 +18,7 @@ from pathlib import Path
 from switchllm.data.battles import A_WINS, B_WINS, TIE, Battles
 from switchllm.errors import DataError
 from switchllm.serving.decision_log import read_feedback
+from switchllm.serving.log_store import shown
 
 GOOD_RATING = 0.5
 
@@ -49,8 +50,10 @@ def _battle(row: dict) -> tuple[str, str, str, float] | str:
     return (row["prompt"], strong, weak, B_WINS if row["rating"] >= GOOD_RATING else A_WINS)
 
 
-def feedback_battles(path: str | Path) -> FeedbackBattles:
-    rows = read_feedback(path)
+def feedback_battles(location: str | Path) -> FeedbackBattles:
+    """Battles from the feedback in the decision log at `location` (path or postgresql:// URL)."""
+    rows = read_feedback(location)
+    path = shown(location)  # for messages: a URL's password hidden
     if not rows:
         raise DataError(f"the decision log {path} holds no feedback yet (clients send it with "
                         "POST /v1/feedback {request_id, rating | preferred_model | winner})")

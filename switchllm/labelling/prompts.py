@@ -87,8 +87,9 @@ def prompt_of(value: Any) -> tuple[str, list[dict[str, Any]]]:
 def logged_prompt_items(log_path: str | Path) -> list[PromptItem]:
     """The prompts logged by `switchllm serve --log-prompts`."""
     from switchllm.serving.decision_log import logged_prompts
+    from switchllm.serving.log_store import is_database_url
 
-    if not Path(log_path).is_file():
+    if not is_database_url(log_path) and not Path(log_path).is_file():
         raise DataError(f"decision log {log_path} does not exist")
     return [_item(text, {}) for text in logged_prompts(log_path)]
 

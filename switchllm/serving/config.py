@@ -17,6 +17,8 @@ A YAML file (``switchllm serve --config FILE``) looks like::
         upstream_model: meta-llama/Llama-3.1-8B-Instruct   # name sent upstream, if different
     server: {host: 127.0.0.1, port: 6060, timeout: 60, retries: 2, max_body_bytes: 4194304}
     log: {path: switchllm-decisions.sqlite, prompts: false}
+    # or a Postgres log shared by many servers (password: PGPASSWORD or ~/.pgpass):
+    # log: {url: "postgresql://switchllm@db.internal/switchllm", buffer_rows: 200000}
 
 RouteLLM's router config (top-level keys named after a router kind, e.g. ``mf: {...}``) is
 accepted too: a ``card``/``checkpoint_path`` naming a local router card directory is used.
@@ -32,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from switchllm.errors import SwitchLLMError
+from switchllm.serving.log_store import is_database_url
 
 DEFAULT_PORT = 6060
 DEFAULT_HOST = "127.0.0.1"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_LOG_PATH = "switchllm-decisions.sqlite"
+DEFAULT_LOG_BUFFER_ROWS = 200_000
 ROUTER_PREFIX = "router-"
 # RouteLLM's default pair for serving (its openai_server's --strong-model / --weak-model).
 DEFAULT_STRONG_MODEL = "gpt-4-1106-preview"
@@ -109,6 +113,8 @@ class ServingConfig:
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False
     log_flush_ms: float = 200.0  # decision-log write interval: what a SIGKILL can lose at most
+    log_url: str | None = field(default=None, repr=False)  # postgresql://...; wins over log_path
+    log_buffer_rows: int = DEFAULT_LOG_BUFFER_ROWS  # held while the log store is away
     routes: dict[str, Any] = field(default_factory=dict)  # group name -> groups.RouteGroup
 
     def __post_init__(self) -> None:
@@ -126,8 +132,20 @@ class ServingConfig:
             raise ConfigError(f"max_prompt_chars must be positive, got {self.max_prompt_chars}")
         if not 1.0 <= self.log_flush_ms <= 60_000.0:
             raise ConfigError(f"log flush_ms must be in [1, 60000], got {self.log_flush_ms}")
+        if self.log_url is not None and not is_database_url(self.log_url):
+            raise ConfigError(f"log url must start with postgresql:// (got "
+                              f"{self.log_url.partition('://')[0] or self.log_url[:20]!r}...); "
+                              "for an SQLite file use log path")
+        if not 1 <= self.log_buffer_rows <= 10_000_000:
+            raise ConfigError(f"log buffer_rows must be in [1, 10000000], got "
+                              f"{self.log_buffer_rows}")
         if not 0.0 <= self.batch_window_ms <= 100.0:
             raise ConfigError(f"batch_window_ms must be in [0, 100], got {self.batch_window_ms}")
+
+    @property
+    def log_location(self) -> str | None:
+        """Where the decision log goes: the Postgres URL, else the SQLite path, else None."""
+        return self.log_url or self.log_path
 
     def served_host_names(self) -> set[str] | None:
         """The Host names to answer (lower case, no port), or None for any."""
@@ -359,6 +377,11 @@ def build_config(
         kwargs[key] = _typed(value, _SERVER_KEYS[key], f"{where}: server.{key}")
     if "path" in log:
         kwargs["log_path"] = None if log["path"] in (None, False, "") else str(log["path"])
+    if "url" in log:
+        kwargs["log_url"] = (None if log["url"] in (None, False, "")
+                             else _typed(log["url"], str, f"{where}: log.url"))
+    if "buffer_rows" in log:
+        kwargs["log_buffer_rows"] = _typed(log["buffer_rows"], int, f"{where}: log.buffer_rows")
     if "prompts" in log:
         kwargs["log_prompts"] = bool(log["prompts"])
     if "flush_ms" in log:

@@ -26,7 +26,6 @@ decision log holds for the model, else `DEFAULT_OUTPUT_TOKENS`.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -110,19 +109,13 @@ def parse_group_model(model: str, configured: Mapping[str, ModelSpec]) -> RouteG
     return RouteGroup(model, router, tuple(members), objective)
 
 
-def logged_output_tokens(log_path: str | Path | None) -> dict[str, float]:
+def logged_output_tokens(log_location: str | Path | None) -> dict[str, float]:
     """Mean completion tokens per model in the decision log (empty when there is none)."""
-    if not log_path or not Path(log_path).is_file():
+    if not log_location:
         return {}
-    try:
-        connection = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True)
-        rows = connection.execute(
-            "SELECT model, AVG(completion_tokens) FROM decisions WHERE status = 200 AND "
-            "completion_tokens IS NOT NULL AND model IS NOT NULL GROUP BY model").fetchall()
-        connection.close()
-    except sqlite3.Error:
-        return {}
-    return {model: float(mean) for model, mean in rows if mean}
+    from switchllm.serving.log_store import open_store
+
+    return open_store(log_location).mean_completion_tokens()
 
 
 @dataclass(frozen=True)
@@ -145,10 +138,10 @@ class GroupRouting:
     """Builds a ModelChooser per group and decides off the event loop."""
 
     def __init__(self, groups: Mapping[str, RouteGroup], routers: Any,
-                 models: Mapping[str, ModelSpec], log_path: str | Path | None = None) -> None:
+                 models: Mapping[str, ModelSpec], log_location: str | Path | None = None) -> None:
         self.routers = routers  # RouterSet
         self.models = models
-        logged = logged_output_tokens(log_path)
+        logged = logged_output_tokens(log_location)
         self.output_tokens = {name: (spec.output_tokens if spec.output_tokens is not None
                                      else logged.get(name))
                               for name, spec in models.items()}

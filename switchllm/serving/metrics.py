@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from switchllm.serving.decision_log import LogStatus
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
@@ -64,6 +66,44 @@ class ServerMetrics:
         self.retries = Counter(
             "switchllm_upstream_retries", "Upstream retries", ["model"], registry=r
         )
+        # the decision log writer (updated when /metrics is read)
+        self.log_buffered = Gauge(
+            "switchllm_log_buffered_rows", "Decision-log rows in memory, not yet written",
+            registry=r,
+        )
+        self.log_capacity = Gauge(
+            "switchllm_log_buffer_capacity_rows",
+            "Most decision-log rows held in memory while the store is away; more are dropped",
+            registry=r,
+        )
+        self.log_store_up = Gauge(
+            "switchllm_log_store_up", "1 when the last decision-log write succeeded, else 0",
+            registry=r,
+        )
+        self.log_written = Counter(
+            "switchllm_log_written_rows", "Decision-log rows written to the store", registry=r
+        )
+        self.log_dropped = Counter(
+            "switchllm_log_dropped_rows",
+            "Decision-log rows dropped (buffer full while the store was away)", registry=r,
+        )
+        self.log_write_failures = Counter(
+            "switchllm_log_write_failures", "Failed decision-log write attempts", registry=r
+        )
+        self._log_seen = (0, 0, 0)  # written, dropped, failures already counted
+
+    def observe_log(self, status: LogStatus) -> None:
+        self.log_buffered.set(status.buffered)
+        self.log_capacity.set(status.capacity)
+        self.log_store_up.set(1 if status.store_up else 0)
+        now = (status.written, status.dropped, status.write_failures)
+        for counter, before, after in zip(
+            (self.log_written, self.log_dropped, self.log_write_failures), self._log_seen, now,
+            strict=True,
+        ):
+            if after > before:
+                counter.inc(after - before)
+        self._log_seen = now
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -28,7 +28,7 @@ from switchllm.serving.config import (
     parse_router_model,
     prompt_text,
 )
-from switchllm.serving.decision_log import DecisionLog, DecisionRecord, find_decision
+from switchllm.serving.decision_log import DecisionLog, DecisionRecord
 from switchllm.serving.feedback import (
     FeedbackError,
     RecentRequests,
@@ -117,14 +117,15 @@ class SwitchServer:
             config.router_threads, config.max_prompt_chars,
         )
         # route groups: a config error (unscorable model, unknown router) refuses to start
-        self.groups = GroupRouting(config.routes, self.routers, config.models, config.log_path)
+        self.groups = GroupRouting(config.routes, self.routers, config.models,
+                                   config.log_location)
         self._best_cost_total = 0.0
         self._group_cost_total = 0.0
         self.metrics = ServerMetrics()
         self.log = (
-            DecisionLog(config.log_path, log_prompts=config.log_prompts,
-                        flush_s=config.log_flush_ms / 1000)
-            if config.log_path
+            DecisionLog(config.log_location, log_prompts=config.log_prompts,
+                        flush_s=config.log_flush_ms / 1000, max_pending=config.log_buffer_rows)
+            if config.log_location
             else None
         )
         self._api_keys = [k.encode() for k in config.api_keys]
@@ -191,6 +192,8 @@ class SwitchServer:
             elif path == "/metrics":
                 _require_method(path, method, "GET")
                 self._authorize(scope)
+                if self.log is not None:
+                    self.metrics.observe_log(self.log.status())
                 body = self.metrics.render()
                 content_type = self.metrics.content_type.encode()
                 await _send(send, 200, body, [(b"content-type", content_type)])
@@ -618,7 +621,8 @@ class SwitchServer:
             checked = parse_feedback_body(body)
             served = self._recent.get(checked["request_id"])
             if served is None:  # answered before a restart: only the log knows it
-                row = find_decision(self.log.path, checked["request_id"])
+                # off the event loop: with Postgres this is a query over the network
+                row = await asyncio.to_thread(self.log.find, checked["request_id"])
                 if row is not None:
                     served = ServedRequest(row["status"], row["model"],
                                            self.config.other_model(row["model"] or ""),

@@ -50,7 +50,7 @@ log = logging.getLogger("switchllm.serving.decision_log")
 
 DEFAULT_MAX_PENDING = 200_000  # rows held in memory while the store is away; then dropped
 BATCH_ROWS = 5000
-RETRY_MAX_S = 2.0  # longest wait between two tries while the store is away
+RETRY_MAX_S = 1.0  # longest wait between two tries while the store is away
 CLOSE_WAIT_S = 10.0  # at shutdown, how long to keep trying a store that is away
 
 
@@ -183,8 +183,9 @@ class DecisionLog:
                 self.write_failures += 1
                 if self._down_since is None:
                     self._down_since = time.monotonic()
-                    log.error("decision log %s cannot take writes (%s): buffering up to %d rows "
-                              "in memory and retrying", self.location, exc, self.max_pending)
+                    # exc names the store (a URL without its password)
+                    log.error("decision log cannot take writes: %s; buffering up to %d rows in "
+                              "memory and retrying", exc, self.max_pending)
                 return False
             if self._down_since is not None:
                 log.warning("decision log %s takes writes again after %.1f s; writing the "

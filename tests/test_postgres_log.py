@@ -279,5 +279,11 @@ def test_bad_urls_fail_at_start_with_the_password_hidden(tmp_path: Path) -> None
     assert parsed.log_buffer_rows == 1000
 
 
+def test_serve_refuses_both_log_flags(capsys: pytest.CaptureFixture) -> None:
+    code = main(["serve", "--routers", "random", "--log", "x.sqlite", "--log-url",
+                 "postgresql://db/x"])
+    assert code == 2 and "not both" in capsys.readouterr().err
+
+
 def test_the_sql_columns_are_the_record_fields() -> None:
     assert [name for name, _ in DECISION_TABLE] == COLUMNS

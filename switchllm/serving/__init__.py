@@ -6,7 +6,8 @@ Layers, bottom up (each module has one job):
 - `http_pool`: the pooled keep-alive HTTP client for upstream calls;
 - `upstream`: upstream calls with retries, deadlines and fallback;
 - `routing`: routers loaded for serving, thresholds, micro-batched win rates;
-- `decision_log`: the log of every routing decision (SQLite, written off the hot path);
+- `decision_log`: the log of every routing decision (written off the hot path), kept in a
+  `log_store.DecisionStore`: an SQLite file or Postgres (`postgres_log`);
 - `metrics`: Prometheus metrics;
 - `server`: the OpenAI-compatible ASGI application.
 

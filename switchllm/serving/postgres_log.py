@@ -139,14 +139,14 @@ class PostgresStore:
                             copy.write_row([_text(v) for v in row])
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop_writer()
-            raise StoreUnavailable(f"decision log {self.location}: "
+            raise StoreUnavailable(f"{self.location}: "
                                    f"{self._message(exc)}") from None
         except psycopg.Error as exc:
             if connection.broken:
                 self._drop_writer()
-                raise StoreUnavailable(f"decision log {self.location}: "
+                raise StoreUnavailable(f"{self.location}: "
                                        f"{self._message(exc)}") from None
-            raise StoreRejected(f"decision log {self.location}: {self._message(exc)}") from None
+            raise StoreRejected(f"{self.location}: {self._message(exc)}") from None
 
     def close(self) -> None:
         self._drop_writer()

@@ -146,8 +146,9 @@ def main() -> int:
                                                daemon=True)
     upstream.start()
     wait_port(up_port)
-    work = Path(tempfile.mkdtemp(prefix="switchllm-pgbench-"))
-    with TempPostgres(durable=True) as pg:
+    with tempfile.TemporaryDirectory(prefix="switchllm-pgbench-") as tmp, \
+            TempPostgres(durable=True) as pg:
+        work = Path(tmp)
         # 1. req/s: SQLite log against Postgres log, same load, same run
         process, port = start_server(up_port, ["--log", str(work / "d.sqlite")], work)
         sqlite_run = run_load(port, args.clients, args.baseline, 0)

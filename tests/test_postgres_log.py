@@ -209,9 +209,12 @@ def test_outage_serves_every_request_then_every_row_arrives(
     assert sum("takes writes again" in m for m in messages) == 1
 
 
-def test_a_full_buffer_drops_and_counts_new_rows(postgres: TempPostgres) -> None:  # noqa: F811
+def test_a_full_buffer_drops_and_counts_new_rows(
+    postgres: TempPostgres, caplog: pytest.LogCaptureFixture,  # noqa: F811
+) -> None:
     url = fresh_database(postgres)
     log = DecisionLog(url, flush_s=0.05, max_pending=5)
+    doomed = DecisionLog(url, flush_s=0.05, close_wait_s=0.3)
     try:
         postgres.stop()
         for i in range(8):
@@ -220,6 +223,11 @@ def test_a_full_buffer_drops_and_counts_new_rows(postgres: TempPostgres) -> None
         _wait_for(lambda: not log.status().store_up, 5)
         status = log.status()
         assert (status.buffered, status.dropped, status.written) == (5, 3, 0)
+        # shut down while the database stays away: it says how many rows it could not write
+        doomed.record(_record(100.0))
+        doomed.record(_record(101.0))
+        doomed.close()
+        assert any("2 buffered rows were not written" in r.getMessage() for r in caplog.records)
     finally:
         postgres.start()
     _wait_for(lambda: log.status().written == 5)

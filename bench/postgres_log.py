@@ -4,7 +4,7 @@ database is down?
 Starts a throw-away Postgres (tests/postgres_fixture.py; fsync on), the fake upstream of
 bench/server.py, and `switchllm serve --routers random --log-url ...`, then:
 
-1. baseline: the same load against a server with the SQLite log, for the req/s ratio;
+1. baseline: req/s with the SQLite log against the Postgres log, alternating in rounds;
 2. steady: `--duration` seconds of load (default 60), then SIGTERM: rows lost = 200 answers
    the clients got minus status-200 rows in Postgres;
 3. SIGTERM mid-load: with a 5 s flush interval the rows are in memory when the signal comes;
@@ -135,7 +135,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="steady run, seconds")
     parser.add_argument("--outage", type=float, default=10.0, help="Postgres down, seconds")
     parser.add_argument("--baseline", type=float, default=15.0,
-                        help="seconds of each req/s comparison run (SQLite vs Postgres)")
+                        help="seconds of load per log backend in the req/s comparison")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternations of the req/s comparison")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args()
@@ -149,20 +151,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="switchllm-pgbench-") as tmp, \
             TempPostgres(durable=True) as pg:
         work = Path(tmp)
-        # 1. req/s: SQLite log against Postgres log, same load, same run
-        process, port = start_server(up_port, ["--log", str(work / "d.sqlite")], work)
-        sqlite_run = run_load(port, args.clients, args.baseline, 0)
-        stop_server(process)
+        # 1. req/s: SQLite log against Postgres log, alternating, so that load from other
+        # jobs on the machine hits both alike; the median of the per-round ratios
         url = fresh(pg, "compare")
-        process, port = start_server(up_port, ["--log-url", url], work)
-        pg_run = run_load(port, args.clients, args.baseline, 1_000_000)
-        stop_server(process)
-        results["rps"] = {"sqlite": round(sqlite_run["rps"], 1),
-                          "postgres": round(pg_run["rps"], 1),
-                          "ratio": round(pg_run["rps"] / sqlite_run["rps"], 3)}
-        print(f"req/s at c={args.clients}: SQLite log {sqlite_run['rps']:.0f}, Postgres log "
-              f"{pg_run['rps']:.0f} (ratio {pg_run['rps'] / sqlite_run['rps']:.2f})",
-              flush=True)
+        sqlite_server = start_server(up_port, ["--log", str(work / "d.sqlite")], work)
+        pg_server = start_server(up_port, ["--log-url", url], work)
+        rounds = []
+        for i in range(args.rounds):
+            seconds = args.baseline / args.rounds
+            sqlite_rps = run_load(sqlite_server[1], args.clients, seconds, 2 * i * 100_000)["rps"]
+            pg_rps = run_load(pg_server[1], args.clients, seconds, (2 * i + 1) * 100_000)["rps"]
+            rounds.append((sqlite_rps, pg_rps))
+        stop_server(sqlite_server[0])
+        stop_server(pg_server[0])
+        ratios = sorted(p / s for s, p in rounds)
+        results["rps"] = {"rounds": [[round(s, 1), round(p, 1)] for s, p in rounds],
+                          "median_ratio": round(ratios[len(ratios) // 2], 3)}
+        print(f"req/s at c={args.clients}, (SQLite log, Postgres log) per round: "
+              f"{[(round(s), round(p)) for s, p in rounds]}; median ratio "
+              f"{ratios[len(ratios) // 2]:.2f}", flush=True)
 
         # 2. steady run, then SIGTERM
         url = fresh(pg, "steady")

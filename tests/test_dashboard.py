@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ import pytest
 from switchllm import routers as router_registry
 from switchllm.commands.stats import summarise
 from switchllm.serving.config import build_config
-from switchllm.serving.decision_log import COLUMNS, DecisionLog, DecisionRecord, read_records
+from switchllm.serving.decision_log import (
+    _INSERT,
+    COLUMNS,
+    DecisionLog,
+    DecisionRecord,
+    connect,
+    read_records,
+)
 from switchllm.serving.server import create_app
 from switchllm.serving.stats import StatsQuery, StatsQueryError, StatsReader, parse_stats_query
 from tests.serving_fixtures import FakeUpstream, KeywordRouter, ServerThread
@@ -182,6 +190,41 @@ def test_rows_that_arrive_late_are_counted(tmp_path: Path) -> None:
     log.close()
     second = reader.stats(StatsQuery(window_s=3600))["totals"]
     assert second["requests"] == 4 and second["strong_share"] == pytest.approx(0.25)
+
+
+def test_cached_and_merged_buckets_agree_with_the_log(tmp_path: Path) -> None:
+    """As time passes and rows keep arriving, the cached, merged answer stays the log's."""
+    path = tmp_path / "d.sqlite"
+    writer = connect(path)
+
+    def write(records: list[DecisionRecord]) -> None:
+        with writer:
+            writer.executemany(_INSERT, [astuple(r) for r in records])
+
+    now = [1_800_000_000.0]
+    reader = StatsReader.for_sqlite(path, clock=lambda: now[0])
+    rng = np.random.default_rng(0)
+    for step in range(5):
+        write([_record(now[0] - age, "strong" if rng.random() < 0.3 else "weak")
+               for age in rng.uniform(0, 4000 if step == 0 else 700, 300)])
+        for window in (900.0, 3600.0, 86400.0):
+            got = reader.stats(StatsQuery(window_s=window))
+            since = got["window"]["from"]
+            rows = [r for r in read_records(path) if since <= r["ts"] <= now[0]]
+            want = next(r for r in summarise(rows) if r["router"] == "ALL")
+            assert got["totals"]["requests"] == want["requests"], (step, window)
+            assert got["totals"]["strong_share"] == pytest.approx(want["strong_share"])
+            assert got["totals"]["cost_usd"] == pytest.approx(want["cost"])
+        now[0] += 317.0
+    # polled every few seconds, settling buckets are merged from their cached finer parts
+    for _ in range(40):
+        write([_record(now[0] - rng.uniform(0, 30), "strong")])
+        got = reader.stats(StatsQuery(window_s=900.0))
+        (count,) = writer.execute("SELECT COUNT(*) FROM decisions WHERE ts >= ? AND ts <= ?",
+                                  (got["window"]["from"], now[0])).fetchone()
+        assert got["totals"]["requests"] == count
+        now[0] += 4.0
+    writer.close()
 
 
 def test_query_parameters() -> None:

@@ -43,7 +43,15 @@ BINS_PER_E = 20  # about 5% wide: percentiles within about 2.5%
 LN_OFFSET = 10.0  # ln(0.01 ms) = -4.6: every clamped value lands on a non-negative bin
 MIN_LATENCY_MS = 0.01
 PERCENTILES = (50, 90, 95, 99)
-CACHED_WIDTHS = 6  # bucket caches kept (one per width in use), least recently used dropped
+CACHED_WIDTHS = 16  # bucket caches kept (one per width in use), least recently used dropped
+
+
+def _finer(width: int) -> int | None:
+    """The width an open bucket is merged from: the largest one dividing it at least 6 times."""
+    return max((w for w in WIDTHS if width % w == 0 and w * 6 <= width), default=None)
+
+
+FINER = {w: _finer(w) for w in WIDTHS}
 
 
 class StatsQueryError(ValueError):
@@ -216,7 +224,6 @@ class StatsReader:
         width = query.width
         first = math.floor((now - query.window_s) / width)
         end = math.floor(now / width) + 1  # exclusive: the open bucket holding `now` is in
-        settled = min(end, max(first, math.floor((now - self.settle_s) / width)))
         with self._lock:
             connection = self._open()
             cursor = connection.cursor()
@@ -225,16 +232,35 @@ class StatsReader:
             except Exception:
                 cursor = connection.cursor()  # a driver that is always in a transaction
             try:
-                cache = self._cache(width)
-                self._fill(cursor, cache, width, first, settled)
-                tail = self._aggregate(cursor, width, settled, end)
+                found = self._buckets(cursor, width, first, end, now)
                 latest = self._latest(cursor, query.latest)
             finally:
                 connection.rollback()
-            for b in [b for b in cache if b < end - MAX_BUCKETS - 1]:
-                del cache[b]
-            buckets = [cache.get(b) or tail.get(b) or BucketAgg() for b in range(first, end)]
+            buckets = [found[b] for b in range(first, end)]
         return _summary(query, now, width, first, buckets, latest)
+
+    def _buckets(self, cursor: Any, width: int, first: int, end: int,
+                 now: float) -> dict[int, BucketAgg]:
+        """Buckets first..end-1 of `width`: the settled ones from the cache (checked against
+        the log), each open one merged from buckets of a finer width (cached in turn when
+        settled), down to 1-5 s buckets aggregated directly: a 30-minute bucket that is still
+        filling costs a few small queries, not a scan of its rows."""
+        settled = min(end, max(first, math.floor((now - self.settle_s) / width)))
+        cache = self._cache(width)
+        self._fill(cursor, cache, width, first, settled)
+        for b in [b for b in cache if b < end - MAX_BUCKETS - 1]:
+            del cache[b]
+        out = {b: cache[b] for b in range(first, settled)}
+        finer = FINER.get(width)
+        if finer is None:
+            out.update(self._aggregate(cursor, width, settled, end))
+            return out
+        k = width // finer
+        for b in range(settled, end):
+            parts = self._buckets(cursor, finer, b * k, min((b + 1) * k,
+                                                            math.floor(now / finer) + 1), now)
+            out[b] = _merge(parts.values())
+        return out
 
     def _open(self) -> Any:
         if self._connection is None:
@@ -256,7 +282,14 @@ class StatsReader:
         those whose row count changed since they were cached."""
         if settled <= first:
             return
-        for lo, hi in _runs(b for b in range(first, settled) if b not in cache):
+        missing = [b for b in range(first, settled) if b not in cache]
+        finer = FINER.get(width)
+        if finer is not None and missing:  # a bucket that just settled: merge its finer parts
+            k, parts = width // finer, self._caches.get(finer, {})
+            for b in missing:
+                if all(i in parts for i in range(b * k, (b + 1) * k)):
+                    cache[b] = _merge(parts[i] for i in range(b * k, (b + 1) * k))
+        for lo, hi in _runs(b for b in missing if b not in cache):
             cache.update(self._aggregate(cursor, width, lo, hi))
         cursor.execute(self._count_sql, (first * width, settled * width))
         (count,) = cursor.fetchone()
@@ -320,6 +353,20 @@ def _connect_sqlite_readonly(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError:  # SQLite built without math functions
         connection.create_function("ln", 1, math.log, deterministic=True)
     return connection
+
+
+def _merge(parts: Iterable[BucketAgg]) -> BucketAgg:
+    merged = BucketAgg()
+    for part in parts:
+        merged.count += part.count
+        merged.routing_bins.update(part.routing_bins)
+        merged.upstream_bins.update(part.upstream_bins)
+        for key, t in part.groups.items():
+            totals = merged.groups.setdefault(key, GroupTotals())
+            totals.count += t.count
+            totals.cost += t.cost
+            totals.strong_cost += t.strong_cost
+    return merged
 
 
 def _runs(indices: Iterable[int]) -> list[tuple[int, int]]:

@@ -8,7 +8,7 @@ const REFRESH_MS = 5000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MODEL_COLORS = ["#d9480f", "#1c7ed6", "#2f9e44", "#ae3ec9", "#f59f00", "#0c8599",
                       "#e64980", "#5c940d"];
-const W = 640, H = 220, PAD = { left: 52, right: 12, top: 10, bottom: 24 };
+const W = 520, H = 220, PAD = { left: 56, right: 12, top: 10, bottom: 24 };
 
 let timer = null;
 let firstRender = true;

@@ -293,7 +293,7 @@ def test_dashboard_shows_the_logged_numbers_in_chromium(
             # charts are drawn, the tables are filled, the prompt is shown as text
             assert page.locator("#chart-share path").count() >= 2
             assert page.locator("#routers tbody tr").count() == 3
-            assert page.locator("#latest tbody tr").count() == 20
+            assert page.locator("#latest tbody tr").count() == 15
             assert HARD[0]["content"] in page.inner_text("#latest")
             # the key survives a reload of the tab (sessionStorage), and is sent as a header
             page.reload()

@@ -38,7 +38,7 @@ async function refresh() {
   clearTimeout(timer);
   const key = sessionStorage.getItem(KEY_ITEM);
   const headers = key ? { Authorization: "Bearer " + key } : {};
-  const url = "/v1/stats?window=" + encodeURIComponent($("window").value) + "&buckets=60&latest=20";
+  const url = "/v1/stats?window=" + encodeURIComponent($("window").value) + "&buckets=60&latest=15";
   try {
     const response = await fetch(url, { headers, cache: "no-store" });
     if (response.status === 401) {

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import astuple
@@ -342,3 +343,91 @@ def test_reader_never_writes(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         reader._open().execute("DELETE FROM decisions")
     reader.close()
+
+
+# ---- the same SQL on a real Postgres ------------------------------------------------------
+def _postgres_bin() -> Path | None:
+    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (root / "initdb").exists():
+            return root
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+@pytest.mark.slow
+def test_postgres_gives_the_same_stats_as_sqlite(tmp_path: Path) -> None:
+    """The stats SQL is portable: a Postgres table with the log's columns (booleans for the
+    flags) read through a read-only transaction answers as the SQLite log does."""
+    import subprocess
+
+    psycopg = pytest.importorskip("psycopg")
+    from switchllm.serving.stats import POSTGRES
+
+    pg_bin = _postgres_bin()
+    if pg_bin is None:
+        pytest.skip("no Postgres server binaries (apt-get install postgresql)")
+    # not under tmp_path: pytest's base temp directory is private to its user
+    data, port = Path(tempfile.mkdtemp(prefix="switchllm-pg-")), _free_port()
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(data, "nobody")
+        run_as = ["runuser", "-u", "nobody", "--"]
+    subprocess.run([*run_as, str(pg_bin / "initdb"), "-D", str(data), "-A", "trust", "-U",
+                    "postgres"], check=True, capture_output=True)
+    subprocess.run([*run_as, str(pg_bin / "pg_ctl"), "-D", str(data), "-w", "-l",
+                    str(data / "log"), "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+                    "start"], check=True, capture_output=True)
+    try:
+        now = 1_800_000_000.0
+        rng = np.random.default_rng(1)
+        records = [_record(now - age, "strong" if rng.random() < 0.3 else "weak")
+                   for age in rng.uniform(0, 5000, 2000)]
+        for i, r in enumerate(records[::7]):
+            r.status, r.model, r.cost_usd, r.fallback = (502, None, None, False) if i % 2 else (
+                200, "weak", 0.001, True)
+        sqlite_path = tmp_path / "d.sqlite"
+        writer = connect(sqlite_path)
+        with writer:
+            writer.executemany(_INSERT, [astuple(r) for r in records])
+        writer.close()
+        flags, ints = {"fallback", "stream"}, {"status", "prompt_tokens", "completion_tokens"}
+        reals = {"ts", "threshold", "win_rate", "latency_ms", "routing_ms", "cost_usd",
+                 "strong_cost_usd", "predicted_quality", "expected_cost_usd", "best_cost_usd"}
+        def sql_type(c: str) -> str:
+            return ("BOOLEAN" if c in flags else "INTEGER" if c in ints
+                    else "DOUBLE PRECISION" if c in reals else "TEXT")
+
+        columns = ", ".join(f"{c} {sql_type(c)}" for c in COLUMNS)
+        dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(f"CREATE TABLE decisions ({columns})")
+            connection.execute("CREATE INDEX decisions_ts ON decisions (ts)")
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    f"INSERT INTO decisions VALUES ({', '.join(['%s'] * len(COLUMNS))})",
+                    [astuple(r) for r in records])
+        postgres = StatsReader(
+            lambda: psycopg.connect(dsn, options="-c default_transaction_read_only=on"),
+            dialect=POSTGRES, clock=lambda: now)
+        sqlite = StatsReader.for_sqlite(sqlite_path, clock=lambda: now)
+        for window in (900.0, 3600.0, 86400.0):
+            a, b = (r.stats(StatsQuery(window_s=window, latest=30)) for r in (postgres, sqlite))
+            assert a["totals"] == pytest.approx(b["totals"])
+            assert a["series"]["requests"] == b["series"]["requests"]
+            assert a["series"]["strong"] == b["series"]["strong"]
+            assert a["errors"] == b["errors"] and a["models"] == b["models"]
+            assert a["latency_ms"] == b["latency_ms"]
+            assert [d["ts"] for d in a["latest"]] == [d["ts"] for d in b["latest"]]
+        postgres.close()
+    finally:
+        subprocess.run([*run_as, str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -12,8 +12,10 @@ holds now. Latency percentiles come from log-spaced histograms (about 5% wide bi
 interpolated inside a bin, as Prometheus' histogram_quantile does).
 
 The SQL is plain (GROUP BY ordinals, CASE, COUNT/SUM, ORDER BY ts DESC LIMIT) and runs on
-Postgres too; the two dialect differences are in `SqlDialect`: the placeholder and how a
-non-negative real is floored to an integer (SQLite's CAST truncates, Postgres' rounds).
+Postgres too (tests/test_dashboard.py checks it gives SQLite's answers on Postgres 15 through
+psycopg, flags as BOOLEAN); the two dialect differences are in `SqlDialect`: the placeholder
+and how a non-negative real is floored to an integer (SQLite's CAST truncates, Postgres'
+rounds).
 `ln` is built into Postgres and into SQLite builds with math functions; where SQLite lacks it,
 Python's is registered on the connection.
 """
@@ -141,7 +143,7 @@ class SqlDialect:
 
 
 SQLITE = SqlDialect()
-POSTGRES = SqlDialect(placeholder="%s", floor_template="CAST(FLOOR({}) AS INTEGER)")
+POSTGRES = SqlDialect(placeholder="%s", floor_template="CAST(FLOOR({}) AS BIGINT)")
 
 # One row per (router, model, strong model, status, fallback) in a bucket.
 GroupKey = tuple[str | None, str | None, str | None, int, bool]

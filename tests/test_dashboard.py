@@ -31,12 +31,19 @@ from switchllm.serving.decision_log import (
     read_records,
 )
 from switchllm.serving.server import create_app
-from switchllm.serving.stats import StatsQuery, StatsQueryError, StatsReader, parse_stats_query
+from switchllm.serving.stats import (
+    StatsQuery,
+    StatsQueryError,
+    StatsReader,
+    StatsReadError,
+    parse_stats_query,
+)
 from tests.serving_fixtures import FakeUpstream, KeywordRouter, ServerThread
 
 KEY = "dash-key-123"
 HARD = [{"role": "user", "content": "Give a proof of the theorem"}]
 EASY = [{"role": "user", "content": "hello there"}]
+MARKUP = [{"role": "user", "content": "hi <img id=injected src=x> <b>bold</b>"}]
 
 
 def chromium_path() -> str | None:
@@ -77,7 +84,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThr
                           timeout=10).status_code
 
     statuses = [chat("router-keyword-0.5", HARD) for _ in range(7)]
-    statuses += [chat("router-keyword-0.5", EASY) for _ in range(12)]
+    statuses += [chat("router-keyword-0.5", EASY) for _ in range(11)]
+    statuses += [chat("router-keyword-0.5", MARKUP)]  # shown as text, never as HTML
     statuses += [chat("router-random-1", EASY) for _ in range(9)]  # all weak
     upstream.behaviour("strong").fail_next = 2  # the weak model answers instead: fallbacks
     statuses += [chat("router-keyword-0.5", HARD) for _ in range(2)]
@@ -296,6 +304,8 @@ def test_dashboard_shows_the_logged_numbers_in_chromium(
             assert page.locator("#routers tbody tr").count() == 3
             assert page.locator("#latest tbody tr").count() == 15
             assert HARD[0]["content"] in page.inner_text("#latest")
+            assert MARKUP[0]["content"] in page.inner_text("#latest")
+            assert page.locator("#injected").count() == 0
             # the key survives a reload of the tab (sessionStorage), and is sent as a header
             page.reload()
             sync_api.expect(page.locator("#total-requests")).not_to_have_text("–",
@@ -333,6 +343,18 @@ def test_dashboard_assets_and_missing_log(tmp_path: Path) -> None:
                          timeout=5).status_code == 403
     finally:
         server.stop()
+
+
+def test_unreadable_log_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "d.sqlite"
+    path.write_bytes(b"not a database, just text" * 100)
+    reader = StatsReader.for_sqlite(path)
+    with pytest.raises(StatsReadError, match="cannot read the decision log: file is not a "
+                                             "database"):
+        reader.stats(StatsQuery())
+    path.unlink()
+    DecisionLog(path).close()  # the log is back: the reader reconnects
+    assert reader.stats(StatsQuery())["totals"]["requests"] == 0
 
 
 def test_reader_never_writes(tmp_path: Path) -> None:

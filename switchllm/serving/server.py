@@ -47,7 +47,13 @@ from switchllm.serving.groups import (
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
 from switchllm.serving.routing import AsyncRouting, Decision, RouterSet, routable_text
-from switchllm.serving.stats import StatsQuery, StatsQueryError, StatsReader, parse_stats_query
+from switchllm.serving.stats import (
+    StatsQuery,
+    StatsQueryError,
+    StatsReader,
+    StatsReadError,
+    parse_stats_query,
+)
 from switchllm.serving.upstream import (
     OpenStream,
     StreamState,
@@ -642,7 +648,12 @@ class SwitchServer:
             query = parse_stats_query(scope.get("query_string", b""))
         except StatsQueryError as exc:
             raise HTTPError(400, exc.message, param=exc.param) from None
-        return await asyncio.to_thread(self.stats.stats, query)
+        try:
+            return await asyncio.to_thread(self.stats.stats, query)
+        except StatsReadError as exc:
+            log.warning("%s", exc)
+            raise HTTPError(503, str(exc), type_="server_error",
+                            code="decision_log_unreadable") from None
 
     # ---- feedback -------------------------------------------------------------------------
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:

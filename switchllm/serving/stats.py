@@ -64,6 +64,11 @@ class StatsQueryError(ValueError):
         self.message, self.param = message, param
 
 
+class StatsReadError(Exception):
+    """The decision log could not be read (the message says why; it holds no secrets: log
+    paths and database errors only)."""
+
+
 @dataclass(frozen=True)
 class StatsQuery:
     window_s: float = 3600.0  # how far back from now
@@ -216,9 +221,15 @@ class StatsReader:
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None:
+            self._reset()
+
+    def _reset(self) -> None:
+        if self._connection is not None:
+            try:
                 self._connection.close()
-                self._connection = None
+            except Exception:
+                pass
+            self._connection = None
 
     # ---- the answer -----------------------------------------------------------------------
     def stats(self, query: StatsQuery) -> dict[str, Any]:
@@ -227,17 +238,18 @@ class StatsReader:
         first = math.floor((now - query.window_s) / width)
         end = math.floor(now / width) + 1  # exclusive: the open bucket holding `now` is in
         with self._lock:
-            connection = self._open()
-            cursor = connection.cursor()
             try:
+                connection = self._open()
+                cursor = connection.cursor()
                 cursor.execute("BEGIN")  # one snapshot for every query below
-            except Exception:
-                cursor = connection.cursor()  # a driver that is always in a transaction
-            try:
-                found = self._buckets(cursor, width, first, end, now)
-                latest = self._latest(cursor, query.latest)
-            finally:
-                connection.rollback()
+                try:
+                    found = self._buckets(cursor, width, first, end, now)
+                    latest = self._latest(cursor, query.latest)
+                finally:
+                    connection.rollback()
+            except Exception as exc:  # driver errors: a missing, locked or foreign log
+                self._reset()  # reconnect next time (a database that was down may be back)
+                raise StatsReadError(f"cannot read the decision log: {exc}") from exc
             buckets = [found[b] for b in range(first, end)]
         return _summary(query, now, width, first, buckets, latest)
 

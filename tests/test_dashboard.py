@@ -306,7 +306,13 @@ def test_dashboard_shows_the_logged_numbers_in_chromium(
             assert HARD[0]["content"] in page.inner_text("#latest")
             assert MARKUP[0]["content"] in page.inner_text("#latest")
             assert page.locator("#injected").count() == 0
-            # the key survives a reload of the tab (sessionStorage), and is sent as a header
+            # another window: the page asks for it (with the key) and shows the same traffic
+            with page.expect_response(lambda r: "/v1/stats?window=24h" in r.url) as answer:
+                page.select_option("#window", "24h")
+            assert answer.value.status == 200
+            assert answer.value.request.headers["authorization"] == f"Bearer {KEY}"
+            sync_api.expect(page.locator("#total-requests")).to_have_text(str(want["requests"]))
+            # the key survives a reload of the tab (sessionStorage)
             page.reload()
             sync_api.expect(page.locator("#total-requests")).not_to_have_text("–",
                                                                              timeout=10_000)

@@ -246,7 +246,10 @@ document.addEventListener("DOMContentLoaded", () => {
     sessionStorage.removeItem(KEY_ITEM);
     showKeyForm(null);
   });
-  $("window").addEventListener("change", refresh);
+  $("window").addEventListener("change", () => {
+    setText("status", "loading…");  // a window not shown before is aggregated once (~1 s)
+    refresh();
+  });
   $("auto-refresh").addEventListener("change", schedule);
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
   refresh();

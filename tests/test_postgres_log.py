@@ -95,6 +95,10 @@ def test_replicas_share_one_log_of_decisions_and_feedback(
                 "request_id": request_id, "rating": 0 if prompt.startswith("compute") else 1})
             assert answer.status_code == 200, answer.text
         _wait_for(lambda: len(read_feedback(url)) == 24)
+        # either replica's /v1/stats (the dashboard's data) summarises the shared log
+        stats = httpx.get(second.url + "/v1/stats", timeout=10)
+        assert stats.status_code == 200, stats.text
+        assert stats.json()["totals"]["requests"] == 25
     finally:
         first.stop()
         second.stop()

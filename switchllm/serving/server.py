@@ -2,10 +2,11 @@
 per-request overhead counts for a proxy) run by uvicorn.
 
 Endpoints: POST /v1/chat/completions (streaming and not), POST /v1/feedback, GET /v1/models,
-GET /health, GET /metrics. Every chat response carries `x-switchllm-request-id`, the id that
-feedback refers to. The request body is forwarded untouched except for `model`; the model that
-answered appears in the response `model` field, in every stream chunk and in `x-switchllm-*`
-response headers together with the router's win rate.
+GET /health, GET /metrics, GET /v1/stats and the page that shows them, GET /dashboard. Every
+chat response carries `x-switchllm-request-id`, the id that feedback refers to. The request
+body is forwarded untouched except for `model`; the model that answered appears in the
+response `model` field, in every stream chunk and in `x-switchllm-*` response headers together
+with the router's win rate.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
+from switchllm.serving import dashboard
 from switchllm.serving.config import (
     ModelNameError,
     ServingConfig,
@@ -45,6 +47,13 @@ from switchllm.serving.groups import (
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
 from switchllm.serving.routing import AsyncRouting, Decision, RouterSet, routable_text
+from switchllm.serving.stats import (
+    StatsQuery,
+    StatsQueryError,
+    StatsReader,
+    StatsReadError,
+    parse_stats_query,
+)
 from switchllm.serving.upstream import (
     OpenStream,
     StreamState,
@@ -62,6 +71,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 log = logging.getLogger("switchllm.serving.server")
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+NO_STORE = [(b"cache-control", b"no-store")]
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -134,6 +144,8 @@ class SwitchServer:
         self._cost_total = 0.0
         self._strong_cost_total = 0.0
         self._recent = RecentRequests()
+        self.stats = (StatsReader.for_location(config.log_location) if config.log_location
+                      else None)
 
     # ---- lifecycle ------------------------------------------------------------------------
     @property
@@ -152,6 +164,8 @@ class SwitchServer:
             await self._upstreams.aclose()
             self._upstreams = None
         self.routing.close()
+        if self.stats is not None:
+            self.stats.close()
         if self.log is not None:
             self.log.close()
 
@@ -189,6 +203,13 @@ class SwitchServer:
                 _require_method(path, method, "GET")
                 self._authorize(scope)
                 await _send_json(send, 200, self._models())
+            elif path == "/v1/stats":
+                _require_method(path, method, "GET")
+                self._authorize(scope)
+                await _send_json(send, 200, await self._stats(scope), NO_STORE)
+            elif path in dashboard.ASSETS:  # static, no data: the page sends the key itself
+                _require_method(path, method, "GET")
+                await _send(send, 200, *dashboard.asset(path))  # type: ignore[misc]
             elif path == "/metrics":
                 _require_method(path, method, "GET")
                 self._authorize(scope)
@@ -225,6 +246,8 @@ class SwitchServer:
                 except Exception as exc:  # a router that cannot run: refuse to start
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                if self.stats is not None:  # aggregate the log's past in the background
+                    asyncio.get_running_loop().run_in_executor(None, self._warm_stats)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -609,6 +632,32 @@ class SwitchServer:
                 best_model=group.best_model if group else None,
                 best_cost_usd=best_cost,
             ))
+
+    # ---- dashboard statistics --------------------------------------------------------------
+    def _warm_stats(self) -> None:
+        """Fill the stats cache for the dashboard's default window, so its first load is fast
+        however long the log already is."""
+        try:
+            self.stats.stats(StatsQuery())  # type: ignore[union-attr]
+        except Exception as exc:  # the first /v1/stats will report it
+            log.warning("could not read the decision log for statistics: %s", exc)
+
+    async def _stats(self, scope: Scope) -> dict[str, Any]:
+        """GET /v1/stats (serving.stats), computed on a worker thread: SQL never blocks the
+        event loop."""
+        if self.stats is None:
+            raise HTTPError(404, "this server keeps no decision log (log: {path: null}), so it "
+                            "has no statistics", code="no_decision_log")
+        try:
+            query = parse_stats_query(scope.get("query_string", b""))
+        except StatsQueryError as exc:
+            raise HTTPError(400, exc.message, param=exc.param) from None
+        try:
+            return await asyncio.to_thread(self.stats.stats, query)
+        except StatsReadError as exc:
+            log.warning("%s", exc)
+            raise HTTPError(503, str(exc), type_="server_error",
+                            code="decision_log_unreadable") from None
 
     # ---- feedback -------------------------------------------------------------------------
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:

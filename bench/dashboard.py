@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from switchllm.serving.decision_log import _INSERT, connect  # noqa: E402
+from switchllm.serving.log_store import SQLiteStore  # noqa: E402
 from switchllm.serving.stats import StatsQuery, StatsReader  # noqa: E402
 
 KEY = "bench-dashboard-key"
@@ -89,11 +89,9 @@ def fake_rows(n: int, end: float, span_s: float, seed: int = 0) -> list[tuple]:
 
 def fill_log(path: Path, n: int, end: float, span_s: float) -> float:
     started = time.perf_counter()
-    connection = connect(path)
-    rows = fake_rows(n, end, span_s)
-    with connection:
-        connection.executemany(_INSERT, rows)
-    connection.close()
+    store = SQLiteStore(path)
+    store.write(fake_rows(n, end, span_s), [])
+    store.close()
     return time.perf_counter() - started
 
 

@@ -23,13 +23,12 @@ from switchllm import routers as router_registry
 from switchllm.commands.stats import summarise
 from switchllm.serving.config import build_config
 from switchllm.serving.decision_log import (
-    _INSERT,
     COLUMNS,
     DecisionLog,
     DecisionRecord,
-    connect,
     read_records,
 )
+from switchllm.serving.log_store import SQLiteStore
 from switchllm.serving.server import create_app
 from switchllm.serving.stats import (
     StatsQuery,
@@ -204,11 +203,10 @@ def test_rows_that_arrive_late_are_counted(tmp_path: Path) -> None:
 def test_cached_and_merged_buckets_agree_with_the_log(tmp_path: Path) -> None:
     """As time passes and rows keep arriving, the cached, merged answer stays the log's."""
     path = tmp_path / "d.sqlite"
-    writer = connect(path)
+    writer = SQLiteStore(path)
 
     def write(records: list[DecisionRecord]) -> None:
-        with writer:
-            writer.executemany(_INSERT, [astuple(r) for r in records])
+        writer.write([astuple(r) for r in records], [])
 
     now = [1_800_000_000.0]
     reader = StatsReader.for_sqlite(path, clock=lambda: now[0])
@@ -229,8 +227,7 @@ def test_cached_and_merged_buckets_agree_with_the_log(tmp_path: Path) -> None:
     for _ in range(40):
         write([_record(now[0] - rng.uniform(0, 30), "strong")])
         got = reader.stats(StatsQuery(window_s=900.0))
-        (count,) = writer.execute("SELECT COUNT(*) FROM decisions WHERE ts >= ? AND ts <= ?",
-                                  (got["window"]["from"], now[0])).fetchone()
+        count = len(list(writer.decisions(since=got["window"]["from"], until=now[0] + 1e-6)))
         assert got["totals"]["requests"] == count
         now[0] += 4.0
     writer.close()
@@ -414,9 +411,8 @@ def test_postgres_gives_the_same_stats_as_sqlite(tmp_path: Path) -> None:
             r.status, r.model, r.cost_usd, r.fallback = (502, None, None, False) if i % 2 else (
                 200, "weak", 0.001, True)
         sqlite_path = tmp_path / "d.sqlite"
-        writer = connect(sqlite_path)
-        with writer:
-            writer.executemany(_INSERT, [astuple(r) for r in records])
+        writer = SQLiteStore(sqlite_path)
+        writer.write([astuple(r) for r in records], [])
         writer.close()
         flags, ints = {"fallback", "stream"}, {"status", "prompt_tokens", "completion_tokens"}
         reals = {"ts", "threshold", "win_rate", "latency_ms", "routing_ms", "cost_usd",

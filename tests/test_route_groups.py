@@ -207,12 +207,19 @@ def test_controller_models_and_prices(upstreams, cards) -> None:  # noqa: ANN001
     again = client.chat.completions.create(model="auto",
                                            messages=[{"role": "user", "content": "hey"}])
     assert again.model == "mid"
+    # model_counts records the model that answered, not the failed choice
+    assert client.model_counts["auto"] == {"small": 1, "big": 1, "mid": 1}
+    assert client.last_choice is not None and client.last_choice.model == "small"
 
     async_client = AsyncController(routers=[str(cards["scorer"])], models=MODELS, prices=prices,
                                    config=controller_config(upstreams))
     got = asyncio.run(async_client.chat.completions.create(
         model="auto", messages=[{"role": "user", "content": "a proof"}]))
     assert got.model == "big"
+    fell_back = asyncio.run(async_client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hey"}]))
+    assert fell_back.model == "mid"
+    assert async_client.model_counts["auto"] == {"big": 1, "mid": 1}
 
 
 def test_controller_routes_and_errors(upstreams, cards) -> None:  # noqa: ANN001

@@ -42,6 +42,7 @@ N_MODEL_PARAMS: dict[str, dict[str, Any]] = {"knn": {"k": 16}, "mf": {"epochs": 
 DEFAULT_KINDS = ("random", "knn", "mf")
 ENSEMBLE = "ensemble"  # mean of the calibrated qualities of the learned kinds evaluated
 VALIDATION_SHARE = 0.15
+DEFAULT_CALIBRATION = "isotonic"
 RELIABILITY_BINS = 10
 
 
@@ -112,30 +113,44 @@ def _tokens(prompts: Sequence[str]) -> np.ndarray:
     return np.array([len(p) / CHARS_PER_TOKEN for p in prompts], dtype=np.float64)
 
 
-def _predict_quality(router: Any, prompts: Sequence[str], models: Sequence[str]) -> np.ndarray:
-    scores = np.asarray(router.model_scores(list(prompts)), dtype=np.float64)
-    return calibrated_quality(router, scores[:, [router.models.index(m) for m in models]],
-                              models)
+def _calibrated(router: Any, scores: np.ndarray, models: Sequence[str]) -> np.ndarray:
+    columns = [router.models.index(m) for m in models]
+    return calibrated_quality(router, np.asarray(scores, np.float64)[:, columns], models)
 
 
 def train_and_predict(kind: str, train: Split, targets: Sequence[str], seed: int,
-                      params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """Fit a `kind` router on most of `train`, calibrate it on the rest (VALIDATION_SHARE),
-    and predict quality on the validation prompts and on `targets`:
+                      params: dict[str, Any] | None = None,
+                      calibration: str | None = None) -> dict[str, np.ndarray]:
+    """Fit a `kind` router on most of `train`, calibrate it (`calibration`: isotonic or
+    platt) on the rest (VALIDATION_SHARE), and predict quality on `targets`; the validation
+    prompts' predictions are cross-fitted (each half calibrated on the other half), so that
+    choosing settings on them does not reward a calibration that memorised them:
     {"val_rows", "val", "target"}."""
     from switchllm.data.battles import Battles
     from switchllm.training import build_router
 
+    settings = dict(N_MODEL_PARAMS.get(kind, {}) if params is None else params)
+    method = calibration or settings.pop("calibration", DEFAULT_CALIBRATION)
+    settings.pop("calibration", None)
     rng = np.random.default_rng(seed)
     is_val = rng.uniform(size=len(train.prompts)) < VALIDATION_SHARE
     fit, val = train.take(np.flatnonzero(~is_val)), train.take(np.flatnonzero(is_val))
-    router = build_router(kind, N_MODEL_PARAMS.get(kind, {}) if params is None else params)
+    router = build_router(kind, settings)
     router.fit(Battles.from_scores(fit.prompts, train.models, fit.quality), progress=False)
+    val_scores = np.asarray(router.model_scores(val.prompts), dtype=np.float64)
+    half = rng.uniform(size=len(val.prompts)) < 0.5
+    val_pred = np.zeros(val.quality.shape)
+    for side in (half, ~half):
+        rows = np.flatnonzero(~side)
+        router.card_info["quality_calibration"] = fit_quality_calibration_from_scores(
+            router, [val.prompts[i] for i in rows], val.quality[rows], train.models, method,
+            scores=val_scores[rows])
+        val_pred[side] = _calibrated(router, val_scores[side], train.models)
     router.card_info["quality_calibration"] = fit_quality_calibration_from_scores(
-        router, val.prompts, val.quality, train.models)
-    return {"val_rows": np.flatnonzero(is_val),
-            "val": _predict_quality(router, val.prompts, train.models),
-            "target": _predict_quality(router, targets, train.models)}
+        router, val.prompts, val.quality, train.models, method, scores=val_scores)
+    target = (_calibrated(router, router.model_scores(list(targets)), train.models)
+              if len(targets) else np.zeros((0, len(train.models))))
+    return {"val_rows": np.flatnonzero(is_val), "val": val_pred, "target": target}
 
 
 def random_quality(n: int, k: int, seed: int) -> np.ndarray:

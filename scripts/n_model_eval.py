@@ -29,13 +29,21 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "mf epochs=20": ("mf", {"epochs": 20}),
     "mf epochs=10 text_features=0.1": ("mf", {"epochs": 10, "text_features": 0.1}),
     "sw_ranking": ("sw_ranking", {}),
+    # knn scoring each model by its measured quality on the neighbours, used as is
+    **{f"knn k={k} quality_memory": ("knn", {"k": k, "quality_memory": True,
+                                             "calibration": "identity"}) for k in (16, 32, 64)},
 }
 # the same settings with Platt (per-model logistic) calibration instead of isotonic
 CANDIDATES.update({f"{name} platt": (kind, {**params, "calibration": "platt"})
-                   for name, (kind, params) in list(CANDIDATES.items())})
+                   for name, (kind, params) in list(CANDIDATES.items())
+                   if "calibration" not in params})
+CANDIDATES.update({f"knn k={k} quality_memory platt": (
+    "knn", {"k": k, "quality_memory": True, "calibration": "platt"}) for k in (32, 64)})
 ENSEMBLES = {f"{a} + {b}{c}": (a + c, b + c) for c in ("", " platt")
              for a, b in (("knn k=16", "mf epochs=10"), ("knn k=32", "mf epochs=10"),
                           ("knn k=32", "sw_ranking"), ("knn k=32", "mf epochs=20"))}
+ENSEMBLES.update({f"knn k={k} quality_memory + mf epochs=10 platt": (
+    f"knn k={k} quality_memory", "mf epochs=10 platt") for k in (32, 64)})
 
 
 def scores(pred: np.ndarray, exp: np.ndarray, val) -> dict[str, float]:  # noqa: ANN001

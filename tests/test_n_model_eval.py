@@ -120,3 +120,36 @@ def test_n_models_bad_arguments_fail_with_one_line(argv: list[str], message: str
     assert main(["eval", "--n-models", "--output", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_knn_quality_memory_scores_measured_quality_and_persists(tmp_path: Path) -> None:
+    from switchllm.data.battles import Battles
+    from switchllm.routers import load_router
+    from switchllm.routers.knn import KNNRouter
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 384))
+    vectors = np.concatenate([centres[0] + 0.05 * rng.normal(size=(40, 384)),
+                              centres[1] + 0.05 * rng.normal(size=(40, 384))])
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    prompts = [f"easy question {i}" for i in range(40)] + [f"hard question {i}"
+                                                           for i in range(40)]
+    # easy prompts: every model is right; hard ones: only "x"
+    quality = np.array([[1.0, 1.0, 1.0]] * 40 + [[1.0, 0.0, 0.0]] * 40)
+    battles = Battles.from_scores(prompts, ["x", "y", "z"], quality)
+    router = KNNRouter(k=8, text_features=0.0).fit(battles, embeddings=vectors[
+        [prompts.index(p) for p in battles.prompts]])
+    queries = np.stack([vectors[0], vectors[79]])
+    relative = router.model_scores_from_embeddings(queries)
+    # battle results: on easy prompts all tie, so they say nothing of being right
+    assert np.ptp(relative[0]) < 0.1 and relative[0].max() < 0.6
+    row = {p: i for i, p in enumerate(prompts)}
+    router.remember_quality(quality[[row[p] for p in battles.prompts]])
+    measured = router.model_scores_from_embeddings(queries)
+    assert measured[0] == pytest.approx([1.0, 1.0, 1.0], abs=0.15)  # all right on easy ones
+    assert measured[1][0] > 0.85 > 0.15 > measured[1][1]
+    with pytest.raises(ValueError, match="shape"):
+        router.remember_quality(quality[:3])
+    loaded = load_router(str(router.save(tmp_path / "card")))
+    np.testing.assert_allclose(loaded.model_scores_from_embeddings(queries), measured,
+                               atol=1e-3)

@@ -135,8 +135,13 @@ def train_and_predict(kind: str, train: Split, targets: Sequence[str], seed: int
     rng = np.random.default_rng(seed)
     is_val = rng.uniform(size=len(train.prompts)) < VALIDATION_SHARE
     fit, val = train.take(np.flatnonzero(~is_val)), train.take(np.flatnonzero(is_val))
+    quality_memory = bool(settings.pop("quality_memory", False))
     router = build_router(kind, settings)
-    router.fit(Battles.from_scores(fit.prompts, train.models, fit.quality), progress=False)
+    battles = Battles.from_scores(fit.prompts, train.models, fit.quality)
+    router.fit(battles, progress=False)
+    if quality_memory:  # knn: neighbours' measured quality, not their battle results
+        row = {p: i for i, p in enumerate(fit.prompts)}
+        router.remember_quality(fit.quality[[row[p] for p in battles.prompts]])
     val_scores = np.asarray(router.model_scores(val.prompts), dtype=np.float64)
     half = rng.uniform(size=len(val.prompts)) < 0.5
     val_pred = np.zeros(val.quality.shape)

@@ -209,6 +209,8 @@ def calibrated_quality(router: Router, scores: np.ndarray, models: Sequence[str]
     out = np.empty_like(scores, dtype=np.float64)
     if not calibration:
         return out  # filled by the caller's fallback
+    if calibration.get("method") == "identity":
+        return np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
     for j, model in enumerate(models):
         knots = calibration["models"].get(model) or calibration["pooled"]
         out[:, j] = _apply_map(knots, scores[:, j])
@@ -346,10 +348,15 @@ def fit_quality_calibration_from_scores(router: Router, prompts: Sequence[str],
     """Maps from each model's `model_scores` to its expected quality (P(answer is correct)
     for 0/1 quality, the expected normalised score otherwise), fitted on held-out `prompts`
     whose measured quality per model (n, len(models), in [0, 1], NaN: not measured) is known,
-    as in RouterBench. `method`: "isotonic" (knots) or "platt" (sigmoid(a * score + b) per
-    model). `scores`: the router's `model_scores(prompts)`, when already computed."""
+    as in RouterBench. `method`: "isotonic" (knots), "platt" (sigmoid(a * score + b) per
+    model) or "identity" (the scores already are expected quality in [0, 1]). `scores`: the
+    router's `model_scores(prompts)`, when already computed."""
+    if method == "identity":  # scores already are expected quality (knn's measured quality)
+        return {"definition": "expected quality (measured score) of the model's answer",
+                "method": "identity", "pooled": {}, "models": {}}
     if method not in ("isotonic", "platt"):
-        raise ChoiceError(f"unknown calibration method {method!r}: isotonic or platt")
+        raise ChoiceError(f"unknown calibration method {method!r}: isotonic, platt or "
+                          "identity")
     fit_map = (isotonic_knots if method == "isotonic" else
                lambda x, y: dict(zip("ab", platt_fit(x, y), strict=True)))
     if scores is None:

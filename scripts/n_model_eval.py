@@ -37,6 +37,9 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
 CANDIDATES.update({f"{name} platt": (kind, {**params, "calibration": "platt"})
                    for name, (kind, params) in list(CANDIDATES.items())
                    if "calibration" not in params})
+CANDIDATES.update({f"knn k=32 quality_memory smoothing={m}": (
+    "knn", {"k": 32, "quality_memory": True, "calibration": "identity", "smoothing": m})
+    for m in (0.5, 8, 32)})
 CANDIDATES.update({f"knn k={k} quality_memory platt": (
     "knn", {"k": k, "quality_memory": True, "calibration": "platt"}) for k in (32, 64)})
 ENSEMBLES = {f"{a} + {b}{c}": (a + c, b + c) for c in ("", " platt")

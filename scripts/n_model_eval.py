@@ -1,91 +1,101 @@
-"""Choosing among RouterBench's 11 models: routers trained on its train split (hyper-parameters
-chosen by AIQ on a validation split of it), calibrated to expected accuracy on that validation
-split, evaluated once on the test split. Writes docs/results/n_models_routerbench.{json,png}.
+"""Choosing the N-model routers' settings on validation only: RouterBench's train split is cut
+into fit and validation parts (`VALIDATION_SHARE`, several seeds); each candidate is fitted,
+calibrated and scored on the validation part by AIQ, the cost to match the best single model,
+and the max-quality gain per task. The test split is never read here: `switchllm eval
+--n-models` measures the chosen settings on it once.
 
-    PYTHONPATH=. python scripts/n_model_eval.py
+    PYTHONPATH=. python scripts/n_model_eval.py [--seeds 0,1,2] [--benchmark routerbench]
+
+Writes docs/results/n_models_selection_<benchmark>.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
-from switchllm.data.battles import Battles
-from switchllm.data.benchmarks import _routerbench_rows
-from switchllm.evaluation.n_models import compare, plot, sweep
-from switchllm.routers.choice import calibrated_quality, fit_quality_calibration_from_scores
-from switchllm.training import build_router
+from switchllm.evaluation.n_model_eval import CostModel, held_out_splits, train_and_predict
+from switchllm.evaluation.n_models import compare, sweep
 
 OUT = Path("docs/results")
-CANDIDATES = {"knn k=16": ("knn", {"k": 16}), "knn k=64": ("knn", {"k": 64}),
-              "mf epochs=10": ("mf", {"epochs": 10}), "mf epochs=30": ("mf", {"epochs": 30}),
-              "mf epochs=30 text_features=0.1": ("mf", {"epochs": 30, "text_features": 0.1})}
+CANDIDATES: dict[str, tuple[str, dict]] = {
+    "knn k=8": ("knn", {"k": 8}), "knn k=16": ("knn", {"k": 16}),
+    "knn k=32": ("knn", {"k": 32}), "knn k=64": ("knn", {"k": 64}),
+    "mf epochs=5": ("mf", {"epochs": 5}), "mf epochs=10": ("mf", {"epochs": 10}),
+    "mf epochs=20": ("mf", {"epochs": 20}),
+    "mf epochs=10 text_features=0.1": ("mf", {"epochs": 10, "text_features": 0.1}),
+    "sw_ranking": ("sw_ranking", {}),
+    # knn scoring each model by its measured quality on the neighbours, used as is
+    **{f"knn k={k} quality_memory": ("knn", {"k": k, "quality_memory": True,
+                                             "calibration": "identity"}) for k in (16, 32, 64)},
+}
+# the same settings with Platt (per-model logistic) calibration instead of isotonic
+CANDIDATES.update({f"{name} platt": (kind, {**params, "calibration": "platt"})
+                   for name, (kind, params) in list(CANDIDATES.items())
+                   if "calibration" not in params})
+CANDIDATES.update({f"knn k=32 quality_memory smoothing={m}": (
+    "knn", {"k": 32, "quality_memory": True, "calibration": "identity", "smoothing": m})
+    for m in (0.5, 8, 32)})
+CANDIDATES.update({f"knn k={k} quality_memory platt": (
+    "knn", {"k": k, "quality_memory": True, "calibration": "platt"}) for k in (32, 64)})
+ENSEMBLES = {f"{a} + {b}{c}": (a + c, b + c) for c in ("", " platt")
+             for a, b in (("knn k=16", "mf epochs=10"), ("knn k=32", "mf epochs=10"),
+                          ("knn k=32", "sw_ranking"), ("knn k=32", "mf epochs=20"))}
+ENSEMBLES.update({f"knn k={k} quality_memory + mf epochs=10 platt": (
+    f"knn k={k} quality_memory", "mf epochs=10 platt") for k in (32, 64)})
 
 
-def predict(router, prompts, models):  # noqa: ANN001, ANN201
-    scores = router.model_scores(prompts)
-    return calibrated_quality(router, scores[:, [router.models.index(m) for m in models]], models)
+def scores(pred: np.ndarray, exp: np.ndarray, val) -> dict[str, float]:  # noqa: ANN001
+    c, q = sweep(pred, exp, val.quality, val.cost)
+    r = compare(val.models, val.quality, val.cost, {"r": (c, q)})["routers"]["r"]
+    chosen = np.lexsort((exp, -pred), axis=1)[:, 0]
+    got = val.quality[np.arange(len(chosen)), chosen]
+    tasks = np.array(val.tasks)
+    gain = np.mean([got[tasks == t].mean() - val.quality[tasks == t].mean(axis=0).max()
+                    for t in sorted(set(val.tasks))]) if val.tasks else float("nan")
+    return {"aiq": r["aiq"], "cost_share": r["cost_share_of_best_single"] or 1.5,
+            "gain_points": 100 * float(gain), "above": r["above_zero_share"]}
 
 
 def main() -> None:
-    prompts, models, quality, cost, _ = _routerbench_rows("train")
-    t_prompts, t_models, t_quality, t_cost, t_tasks = _routerbench_rows("test")
-    assert list(t_models) == list(models)
-    quality, t_quality = np.nan_to_num(quality), np.nan_to_num(t_quality)
-    cost, t_cost = np.nan_to_num(cost), np.nan_to_num(t_cost)
-    rng = np.random.default_rng(0)
-    val = rng.uniform(size=len(prompts)) < 0.15
-    fit_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
-    expected_cost = cost[fit_idx].mean(axis=0)  # per-model mean $/query, from training data
-    fit_battles = Battles.from_scores([prompts[i] for i in fit_idx], list(models),
-                                      quality[fit_idx])
-    val_prompts = [prompts[i] for i in val_idx]
-    results, routers = {}, {}
-    for name, (kind, params) in CANDIDATES.items():
-        router = build_router(kind, params)
-        router.fit(fit_battles, progress=False)
-        router.card_info["quality_calibration"] = fit_quality_calibration_from_scores(
-            router, val_prompts, quality[val_idx], models)
-        pred = predict(router, val_prompts, models)
-        c, q = sweep(pred, np.broadcast_to(expected_cost, pred.shape), quality[val_idx],
-                     cost[val_idx])
-        val_report = compare(models, quality[val_idx], cost[val_idx], {name: (c, q)})
-        results[name] = val_report["routers"][name]["aiq"]
-        routers[name] = router
-        print(f"validation {name}: AIQ {results[name]:.4f}")
-    chosen = max(results, key=results.get)
-    router = routers[chosen]
-    pred = predict(router, t_prompts, models)
-    exp = np.broadcast_to(expected_cost, pred.shape)
-    c, q = sweep(pred, exp, t_quality, t_cost)
-    report = compare(models, t_quality, t_cost, {chosen: (c, q)})
-    report["validation_aiq"] = results
-    report["chosen"] = chosen
-    # max-quality mode per task
-    chosen_idx = np.argmax(pred - 1e-9 * exp, axis=1)
-    rows = np.arange(len(t_prompts))
-    tasks = {}
-    for task in sorted(set(t_tasks)):
-        m = np.array([t == task for t in t_tasks])
-        single = t_quality[m].mean(axis=0)
-        tasks[task] = {"router": float(t_quality[rows[m], chosen_idx[m]].mean()),
-                       "best_single": float(single.max()),
-                       "best_single_model": models[int(single.argmax())],
-                       "oracle": float(t_quality[m].max(axis=1).mean())}
-    report["max_quality_per_task"] = tasks
-    report["max_quality_gain_points"] = float(
-        100 * np.mean([v["router"] - v["best_single"] for v in tasks.values()]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--benchmark", default="routerbench")
+    parser.add_argument("--only", default=None, help="comma-separated candidate names")
+    args = parser.parse_args()
+    train, _ = held_out_splits(args.benchmark)  # the test split is not used
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = args.only.split(",") if args.only else list(CANDIDATES)
+    results: dict[str, list[dict[str, float]]] = {}
+    for seed in seeds:
+        preds = {}
+        for name in names:
+            kind, params = CANDIDATES[name]
+            started = time.perf_counter()
+            out = train_and_predict(kind, train, [], seed, params)
+            val = train.take(out["val_rows"])
+            fit_rows = np.setdiff1d(np.arange(len(train.prompts)), out["val_rows"])
+            fit = train.take(fit_rows)
+            exp = CostModel(fit.prompts, fit.cost).predict(val.prompts)
+            preds[name] = out["val"]
+            results.setdefault(name, []).append(scores(out["val"], exp, val))
+            print(f"seed {seed} {name}: {results[name][-1]} "
+                  f"({time.perf_counter() - started:.1f}s)", flush=True)
+        for name, parts in ENSEMBLES.items():
+            if all(p in preds for p in parts):
+                pred = np.mean([preds[p] for p in parts], axis=0)
+                results.setdefault(name, []).append(scores(pred, exp, val))
+                print(f"seed {seed} {name}: {results[name][-1]}", flush=True)
+    summary = {name: {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
+               for name, runs in results.items()}
+    print(json.dumps(summary, indent=1))
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "n_models_routerbench.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot(report, f"RouterBench test, 11 models: {chosen}",
-         str(OUT / "n_models_routerbench.png"))
-    r = report["routers"][chosen]
-    print(json.dumps({k: v for k, v in r.items() if k != "points"}, indent=1))
-    print("zero router AIQ", report["zero_router"], "best single", report["best_single"])
-    print("oracle", report["oracle"])
-    print(json.dumps(tasks, indent=1), "gain points", report["max_quality_gain_points"])
+    (OUT / f"n_models_selection_{args.benchmark}.json").write_text(json.dumps(
+        {"seeds": seeds, "mean": summary, "runs": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

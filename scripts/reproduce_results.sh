@@ -13,4 +13,10 @@ $run eval --benchmark mmlu,gsm8k,mt-bench --routers knn,sw_ranking,mf --leave-ou
     --output "$out/leave-out"
 # The shipped default routers (never trained on MT-Bench) on every benchmark: `make run`.
 $run eval --benchmark all --routers all --output "$out/defaults"
+# Choosing among every model (RouterBench, LLMRouter): held out (train split -> test split)
+# and in-domain 5-fold CV; settings chosen on validation by scripts/n_model_eval.py.
+$run eval --n-models --benchmark routerbench,llmrouter --routers random,knn,mf \
+    --output "$out/n_models"
+$run eval --n-models --benchmark routerbench,llmrouter --routers random,knn,mf --cv 5 \
+    --output "$out/n_models/cv"
 .venv/bin/python scripts/results_tables.py "$out"

@@ -234,7 +234,10 @@ class Controller:
         other one if it fails to answer)."""
         order = self._group_order(kwargs)
         if order is not None:
-            return self._call_in_order(order, kwargs)
+            response = self._call_in_order(order, kwargs)
+            # the model that answered, which after a fallback is not the chosen one
+            self.model_counts[kwargs["model"]][response.model] += 1
+            return response
         router_name, model = self._decide(kwargs, router, threshold)
         response = self._call(model, kwargs, fallback=True)
         self.model_counts[router_name][response.model] += 1
@@ -262,8 +265,7 @@ class Controller:
         messages = kwargs.get("messages") or []
         choice = chooser.choose([routable_text(prompt_text(messages))],
                                 [request_input_tokens(messages)])[0]
-        self.last_choice = choice
-        self.model_counts[name][choice.model] += 1
+        self.last_choice = choice  # model_counts is counted once a model has answered
         return list(choice.order)
 
     def _call_in_order(self, order: list[str], kwargs: dict[str, Any]) -> Any:
@@ -274,9 +276,10 @@ class Controller:
             try:
                 return self._call(model, kwargs, fallback=False)
             except (openai.APIConnectionError, openai.InternalServerError,
-                    openai.RateLimitError, openai.AuthenticationError):
+                    openai.RateLimitError, openai.AuthenticationError) as exc:
                 if i == len(order) - 1:
                     raise
+                _warn_fallback(model, order[i + 1], exc)
         raise AssertionError("unreachable: a group has at least two models")
 
     async def _acall_in_order(self, order: list[str], kwargs: dict[str, Any]) -> Any:
@@ -286,9 +289,10 @@ class Controller:
             try:
                 return await self._acall(model, kwargs, fallback=False)
             except (openai.APIConnectionError, openai.InternalServerError,
-                    openai.RateLimitError, openai.AuthenticationError):
+                    openai.RateLimitError, openai.AuthenticationError) as exc:
                 if i == len(order) - 1:
                     raise
+                _warn_fallback(model, order[i + 1], exc)
         raise AssertionError("unreachable: a group has at least two models")
 
     def _call(self, model: str, kwargs: dict[str, Any], fallback: bool) -> Any:
@@ -315,7 +319,9 @@ class Controller:
         """The async variant (`chat.completions.acreate`)."""
         order = await asyncio.to_thread(self._group_order, kwargs)
         if order is not None:
-            return await self._acall_in_order(order, kwargs)
+            response = await self._acall_in_order(order, kwargs)
+            self.model_counts[kwargs["model"]][response.model] += 1
+            return response
         router_name, model = await self._adecide(kwargs, router, threshold)
         response = await self._acall(model, kwargs, fallback=True)
         self.model_counts[router_name][response.model] += 1

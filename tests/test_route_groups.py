@@ -207,12 +207,19 @@ def test_controller_models_and_prices(upstreams, cards) -> None:  # noqa: ANN001
     again = client.chat.completions.create(model="auto",
                                            messages=[{"role": "user", "content": "hey"}])
     assert again.model == "mid"
+    # model_counts records the model that answered, not the failed choice
+    assert client.model_counts["auto"] == {"small": 1, "big": 1, "mid": 1}
+    assert client.last_choice is not None and client.last_choice.model == "small"
 
     async_client = AsyncController(routers=[str(cards["scorer"])], models=MODELS, prices=prices,
                                    config=controller_config(upstreams))
     got = asyncio.run(async_client.chat.completions.create(
         model="auto", messages=[{"role": "user", "content": "a proof"}]))
     assert got.model == "big"
+    fell_back = asyncio.run(async_client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hey"}]))
+    assert fell_back.model == "mid"
+    assert async_client.model_counts["auto"] == {"big": 1, "mid": 1}
 
 
 def test_controller_routes_and_errors(upstreams, cards) -> None:  # noqa: ANN001
@@ -242,3 +249,71 @@ def test_controller_routes_and_errors(upstreams, cards) -> None:  # noqa: ANN001
     with pytest.raises(SwitchLLMError, match="must not be negative"):
         Controller(routers=[str(cards["scorer"])], models=MODELS, config=config,
                    prices={"big": (-1, 0)})
+
+
+class CountingScoreRouter(KeywordScoreRouter):
+    """KeywordScoreRouter that records the prompts of each model_scores call and refuses a
+    prompt containing "poison" (a prompt that breaks a batch)."""
+
+    def __init__(self, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.calls: list[list[str]] = []
+
+    def model_scores(self, prompts):  # noqa: ANN001, ANN201
+        self.calls.append(list(prompts))
+        if any("poison" in p for p in prompts):
+            raise ValueError("cannot score this prompt")
+        return super().model_scores(prompts)
+
+
+def test_group_choices_are_micro_batched_with_pair_requests() -> None:
+    from switchllm.routers.choice import ModelChooser, Objective
+    from switchllm.serving.routing import MicroBatcher
+
+    router = CountingScoreRouter(keywords=["proof"], scored_models=MODELS)
+    chooser = ModelChooser(router, MODELS, {m: p[0] for m, p in PRICES.items()},
+                           {m: p[1] for m, p in PRICES.items()}, Objective("quality_target", 0.05))
+    prompts = ["a proof", "hello"] * 8
+
+    async def main() -> tuple[list, list]:
+        batcher = MicroBatcher(router, window_s=0.005)
+        try:
+            choices = [batcher.choose(chooser, p, 10) for p in prompts]
+            rates = [batcher.win_rate(p, ("big", "small")) for p in prompts[:4]]
+            out = await asyncio.gather(*choices, *rates)
+            assert batcher.batches == 1 and batcher.group_calls == 1
+            # one prompt that breaks the batch fails alone; the others are still answered
+            mixed = await asyncio.gather(*(batcher.choose(chooser, p, 10)
+                                           for p in ["poison", "a proof", "hi"]),
+                                         return_exceptions=True)
+            return out, mixed
+        finally:
+            batcher.close()
+
+    out, mixed = asyncio.run(main())
+    assert [c.model for c in out[:16]] == ["big", "small"] * 8
+    assert out[16:] == pytest.approx([router.win_rate([p], "big", "small")[0]
+                                      for p in prompts[:4]])
+    # the 16 choices shared one model_scores call (the pair requests another, in the same batch)
+    assert router.calls[0] == prompts
+    assert isinstance(mixed[0], ValueError) and [c.model for c in mixed[1:]] == ["big", "small"]
+
+
+def test_server_batches_concurrent_group_requests(server) -> None:  # noqa: ANN001
+    import openai
+
+    thread = server[0]
+    batcher = thread.app.routing.batchers["scorer"]
+    before = batcher.group_calls
+
+    async def main() -> list:
+        client = openai.AsyncOpenAI(base_url=thread.url + "/v1", api_key="x", max_retries=0)
+        prompts = [f"question {i} proof" if i % 2 else f"question {i}" for i in range(24)]
+        return await asyncio.gather(*(client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": p}]) for p in prompts))
+
+    responses = asyncio.run(main())
+    assert [r.model for r in responses] == ["small", "big"] * 12
+    # 24 concurrent requests, fewer choose calls: they were batched
+    assert batcher.group_calls - before < 24
+    assert batcher.largest_batch > 1

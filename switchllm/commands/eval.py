@@ -18,8 +18,9 @@ DEFAULT_OUTPUT = "switchllm-eval"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", default="mmlu",
-                        help="benchmark name, comma-separated names, or 'all' (default: mmlu)")
+    parser.add_argument("--benchmark", default=None,
+                        help="benchmark name, comma-separated names, or 'all' (default: mmlu; "
+                             "with --n-models: routerbench)")
     parser.add_argument("--data", default=None, metavar="FILE",
                         help="evaluate on your own data file (battles, scores or labels; "
                              "see docs/TRAINING.md) instead of --benchmark")
@@ -36,9 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "next to the shipped sets (default: train --with-shipped's)")
     parser.add_argument("--samples", type=int, default=1,
                         help="--train-sizes: training samples per size, averaged (default 1)")
-    parser.add_argument("--routers", nargs="+", default=["random"], metavar="ROUTER",
+    parser.add_argument("--routers", nargs="+", default=None, metavar="ROUTER",
                         help="router names or card directories, comma- or space-separated; "
-                             "'all' = every router usable without training (default: random)")
+                             "'all' = every router usable without training (default: random; "
+                             "with --n-models: router kinds, default random,knn,mf)")
+    parser.add_argument("--n-models", action="store_true",
+                        help="choose among every model of the benchmark (routerbench, "
+                             "llmrouter): sweep willingness to pay, compare with each single "
+                             "model, the Zero-router hull and the oracle. Routers are trained "
+                             "on the train split and measured on the test split, or with --cv "
+                             "K cross-validated on the test split")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
                         help=f"directory for JSON and PNG results (default: {DEFAULT_OUTPUT})")
     parser.add_argument("--strong-model", default=None,
@@ -221,10 +229,45 @@ def _learning_curve(args: argparse.Namespace, benchmark, strong: str, weak: str,
     print(f"  wrote {stem.with_suffix('.json')}, {stem.with_suffix('.png')}")
 
 
+def _n_models(args: argparse.Namespace) -> int:
+    from switchllm.evaluation.n_model_eval import DEFAULT_KINDS, N_MODEL_BENCHMARKS
+    from switchllm.evaluation.n_model_report import print_report, run_n_models
+
+    if args.leave_out or args.data or args.train_sizes is not None:
+        raise SwitchLLMError("--n-models trains on the benchmark's own train split (or with "
+                             "--cv on folds of its test split): drop --leave-out, --data and "
+                             "--train-sizes")
+    spec = args.benchmark or "routerbench"
+    names = list(N_MODEL_BENCHMARKS) if spec.strip() == "all" else _split([spec])
+    bad = [n for n in names if n not in N_MODEL_BENCHMARKS]
+    if bad or not names:
+        raise SwitchLLMError(f"--n-models needs a benchmark with a train split, several models "
+                             f"and dollar costs: {', '.join(N_MODEL_BENCHMARKS)} or all; got "
+                             f"{(bad or [spec])[0]!r}")
+    kinds = _split(args.routers) if args.routers else list(DEFAULT_KINDS)
+    if kinds == ["all"]:
+        kinds = list(DEFAULT_KINDS)
+    if args.cv is not None and args.cv < 2:
+        raise SwitchLLMError(f"--cv needs at least 2 folds, got {args.cv}")
+    output = _output_dir(args.output)
+    started = time.perf_counter()
+    for name in dict.fromkeys(names):
+        report, paths = run_n_models(name, list(dict.fromkeys(kinds)), args.cv, args.seed,
+                                     output)
+        print_report(report)
+        print(f"  wrote {', '.join(str(p) for p in paths)}")
+    print(f"\ndone in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from switchllm.data.benchmarks import load_benchmark
     from switchllm.evaluation.runner import EvalSettings, choose_pair, evaluate, write_results
 
+    if args.n_models:
+        return _n_models(args)
+    args.benchmark = args.benchmark or "mmlu"
+    args.routers = args.routers or ["random"]
     if args.train_sizes is not None and (args.cv is not None or args.leave_out):
         raise SwitchLLMError("--train-sizes draws its own train/test split: drop --cv and "
                              "--leave-out")

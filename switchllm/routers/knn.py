@@ -44,6 +44,9 @@ class KNNRouter(PromptMemoryRouter):
             raise ValueError("knn needs k >= 1, temperature > 0 and smoothing >= 0")
         self._global_ratings = np.zeros(0)
         self._model_rate = np.zeros((0, 0))  # (prompts, models) mean result, NaN = no battle
+        # (prompts, models) measured quality (e.g. RouterBench's correct / wrong), NaN = not
+        # measured; set by `remember_quality`. Absent, model scores are mean battle results.
+        self._quality_memory: np.ndarray | None = None
 
     def _prepare(self) -> None:
         self._pair_cache: dict[tuple[int, int], tuple[np.ndarray, float]] = {}
@@ -105,16 +108,46 @@ class KNNRouter(PromptMemoryRouter):
                 (total + self.smoothing * prior) / (weights.sum(axis=1) + self.smoothing))
         return out
 
+    def remember_quality(self, quality: np.ndarray) -> None:
+        """Score models by their measured quality on the neighbours instead of their battle
+        results: `quality` is (training prompts, models) in [0, 1], rows in the order of the
+        battles' prompts the router was fitted on, NaN where not measured. With absolute
+        labels (RouterBench, LLMRouter) this is P(the model is right) on similar prompts;
+        battle results only say how a model did against the others there, so on a prompt every
+        model gets right they all look average. Chosen on RouterBench's validation split
+        (docs/RESULTS.md)."""
+        quality = np.asarray(quality, dtype=np.float64)
+        if quality.shape != self._model_rate.shape:
+            raise ValueError(f"quality has shape {quality.shape}, the router remembers "
+                             f"{self._model_rate.shape} (prompts, models)")
+        if np.nanmin(quality) < 0 or np.nanmax(quality) > 1:
+            raise ValueError("quality must lie in [0, 1]")
+        self._quality_memory = quality
+
     def _model_scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """Per model, its smoothed mean result on the neighbours (0..1)."""
+        """Per model, its smoothed mean result on the neighbours (0..1): measured quality when
+        the router remembers it (`remember_quality`), else the mean battle result."""
+        memory = self._model_rate if self._quality_memory is None else self._quality_memory
+        prior = (self._global_model_rate if self._quality_memory is None
+                 else np.nan_to_num(np.nanmean(memory, axis=0), nan=0.5))
         out = np.empty((len(embeddings), len(self.models)))
         for start in range(0, len(embeddings), self.batch_size):
             idx, weights = self._neighbours(embeddings[start:start + self.batch_size])
-            rates = self._model_rate[idx]  # (Q, k, M)
+            rates = memory[idx]  # (Q, k, M)
             known = ~np.isnan(rates)
             w = weights[..., None] * known
             total = (w * np.where(known, rates, 0.0)).sum(axis=1)
             out[start:start + len(idx)] = (
-                (total + self.smoothing * self._global_model_rate)
-                / (w.sum(axis=1) + self.smoothing))
+                (total + self.smoothing * prior) / (w.sum(axis=1) + self.smoothing))
         return out
+
+    def _get_state(self) -> dict[str, np.ndarray]:
+        state = super()._get_state()
+        if self._quality_memory is not None:
+            state["quality_memory"] = self._quality_memory.astype(np.float32)
+        return state
+
+    def _set_state(self, tensors: dict[str, np.ndarray]) -> None:
+        super()._set_state(tensors)
+        memory = tensors.get("quality_memory")
+        self._quality_memory = None if memory is None else memory.astype(np.float64)

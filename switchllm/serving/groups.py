@@ -25,7 +25,6 @@ decision log holds for the model, else `DEFAULT_OUTPUT_TOKENS`.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -186,11 +185,11 @@ class GroupRouting:
         return chooser
 
     async def decide(self, name: str, chooser: ModelChooser, router_name: str, text: str,
-                     input_tokens: int, executor: Any) -> GroupDecision:
+                     input_tokens: int, batcher: Any) -> GroupDecision:
+        """The group's choice for one request. `batcher` (the router's MicroBatcher) runs it
+        on the router's worker thread, batched with concurrent requests to the same group."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        choice: Choice = (await loop.run_in_executor(
-            executor, chooser.choose, [text], [input_tokens]))[0]
+        choice: Choice = await batcher.choose(chooser, text, input_tokens)
         return GroupDecision(
             group=name, router=router_name, model=choice.model, order=choice.order,
             predicted_quality=choice.quality[choice.model],

@@ -13,10 +13,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from switchllm.routers import Router, load_router
+from switchllm.routers.choice import Choice, ModelChooser
 from switchllm.serving.config import ModelNameError, RouteRequest, check_threshold
 
 # Routers read the start of a prompt (MiniLM and bert: 256 tokens, about 1,000-2,000
@@ -122,8 +124,15 @@ def choose(win_rate: float, threshold: float, strong: str, weak: str) -> str:
     return strong if win_rate >= threshold else weak
 
 
+# What a batch groups its requests by: ("pair", (strong, weak)) for a win rate, or
+# ("group", chooser) for a route group's choice among N models.
+BatchKey = tuple[str, Any]
+
+
 class MicroBatcher:
-    """Collects concurrent win-rate requests for one router into one `win_rate` call.
+    """Collects concurrent routing requests for one router into one router call per kind:
+    pair win rates (`win_rate`) into one `win_rate` call per pair, and route-group choices
+    (`choose`) into one `ModelChooser.choose` call per group.
 
     A batch starts when the first request arrives after `window_s` (0: on the next event-loop
     turn); requests that arrive while a batch is computing join the next batch, which starts as
@@ -136,16 +145,24 @@ class MicroBatcher:
         self.torch_threads = torch_threads  # 0: adaptive (see _set_threads)
         self._threads = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchllm-router")
-        self._pending: list[tuple[str, tuple[str | None, str | None], asyncio.Future[float]]] = []
+        self._pending: list[tuple[BatchKey, Any, asyncio.Future[Any]]] = []
         self._busy = False
         self._scheduled = False
-        self.batches = 0  # number of win_rate calls made, for tests and metrics
+        self.batches = 0  # number of batches computed, for tests and metrics
         self.largest_batch = 0
+        self.group_calls = 0  # ModelChooser.choose calls made (one per group per batch)
 
     async def win_rate(self, prompt: str, pair: tuple[str | None, str | None]) -> float:
+        return await self._submit(("pair", pair), prompt)
+
+    async def choose(self, chooser: ModelChooser, prompt: str, input_tokens: int) -> Choice:
+        """The route group's choice for one prompt, batched with concurrent ones."""
+        return await self._submit(("group", chooser), (prompt, input_tokens))
+
+    async def _submit(self, key: BatchKey, payload: Any) -> Any:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[float] = loop.create_future()
-        self._pending.append((prompt, pair, future))
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((key, payload, future))
         if not self._busy and not self._scheduled:
             self._scheduled = True
             if self.window_s > 0:
@@ -166,28 +183,35 @@ class MicroBatcher:
         work = loop.run_in_executor(self._executor, self._compute, batch)
         work.add_done_callback(lambda done: self._finish(loop, batch, done))
 
-    def _compute(self, batch: list) -> list[float | Exception]:
+    def _compute(self, batch: list) -> list[Any]:
         self._set_threads()
-        # Group by pair: one win_rate call per distinct (strong, weak), nearly always just one.
-        results: list[float | Exception] = [0.0] * len(batch)
-        groups: dict[tuple[str | None, str | None], list[int]] = {}
-        for i, (_, pair, _) in enumerate(batch):
-            groups.setdefault(pair, []).append(i)
-        for pair, indices in groups.items():
+        # One router call per distinct key (pair or group), nearly always just one.
+        results: list[Any] = [None] * len(batch)
+        groups: dict[BatchKey, list[int]] = {}
+        for i, (key, _, _) in enumerate(batch):
+            groups.setdefault(key, []).append(i)
+        for key, indices in groups.items():
             try:
-                rates = self._rates([batch[i][0] for i in indices], pair)
+                answers = self._run(key, [batch[i][1] for i in indices])
             except Exception:  # noqa: BLE001 - isolate the request that broke the batch
                 if len(indices) == 1:
                     raise
                 for i in indices:
                     try:
-                        results[i] = self._rates([batch[i][0]], pair)[0]
+                        results[i] = self._run(key, [batch[i][1]])[0]
                     except Exception as exc:  # noqa: BLE001 - this request alone fails
                         results[i] = exc
                 continue
-            for i, rate in zip(indices, rates, strict=True):
-                results[i] = rate
+            for i, answer in zip(indices, answers, strict=True):
+                results[i] = answer
         return results
+
+    def _run(self, key: BatchKey, payloads: list[Any]) -> list[Any]:
+        kind, what = key
+        if kind == "group":
+            self.group_calls += 1
+            return what.choose([p for p, _ in payloads], [t for _, t in payloads])
+        return self._rates(payloads, what)
 
     def _rates(self, prompts: list[str], pair: tuple[str | None, str | None]) -> list[float]:
         rates = self.router.win_rate(prompts, pair[0], pair[1])
@@ -218,19 +242,16 @@ class MicroBatcher:
             if error is not None:
                 future.set_exception(error)
             elif rates is not None:
-                rate = rates[i]
-                if isinstance(rate, Exception):
-                    future.set_exception(rate)
-                else:
-                    future.set_result(rate if math.isfinite(rate) else 0.0)
+                answer = rates[i]
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                elif isinstance(answer, float):
+                    future.set_result(answer if math.isfinite(answer) else 0.0)
+                else:  # a route group's Choice
+                    future.set_result(answer)
         if self._pending and not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._start_batch, loop)
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        """The router's single worker thread (route groups score models on it too)."""
-        return self._executor
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -421,7 +421,7 @@ class SwitchServer:
                     model_name, chooser, router_name,
                     routable_text(text, self.config.max_prompt_chars),
                     request_input_tokens(payload["messages"]),
-                    self.routing.batchers[router_name].executor)
+                    self.routing.batchers[router_name])
                 chosen = decision.model
                 order = list(decision.order)  # fallback: the next model by predicted utility
             elif route is not None:

@@ -8,6 +8,7 @@ a tuple on a queue.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -17,6 +18,8 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from switchllm.errors import SwitchLLMError
+
+_log = logging.getLogger("switchllm.serving.decision_log")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -122,11 +125,18 @@ def _migrate(connection: sqlite3.Connection) -> None:
     connection.commit()
 
 
+# How long a write waits for another process's write lock (`serve --workers N`: every worker
+# appends to the same file). WAL lets readers and one writer work at once; writers take turns.
+BUSY_TIMEOUT_S = 30.0
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """Open (creating it readable by its owner only: it may hold prompts) the log at `path`."""
     try:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        connection = sqlite3.connect(str(path), check_same_thread=False)
+        connection = sqlite3.connect(str(path), check_same_thread=False,
+                                     timeout=BUSY_TIMEOUT_S)
+        connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(SCHEMA)
         _migrate(connection)
@@ -152,8 +162,10 @@ class DecisionLog:
         self.dropped = 0
         self._pending: deque[tuple] = deque()
         self._feedback: deque[tuple] = deque()
+        self.write_errors = 0  # failed (and retried) batch writes
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._abandoned = threading.Event()
         connect(self.path).close()  # fail at start-up, not on the first request
         self._thread = threading.Thread(target=self._run, name="switchllm-log", daemon=True)
         self._thread.start()
@@ -169,19 +181,34 @@ class DecisionLog:
     def record_feedback(self, record: FeedbackRecord) -> None:
         self._feedback.append(astuple(record))
 
-    def _drain(self, connection: sqlite3.Connection) -> None:
-        if self._feedback:
-            rows = []
-            while self._feedback:
-                rows.append(self._feedback.popleft())
+    def _write(self, connection: sqlite3.Connection, sql: str, queue: deque[tuple],
+               limit: int) -> bool:
+        """Insert up to `limit` rows from the front of `queue`; on a database error (locked
+        past the busy timeout, disk full) the rows go back to the front, in order, for the next
+        attempt: a failed write delays rows, never loses them. True when the write succeeded."""
+        rows = []
+        while queue and len(rows) < limit:
+            rows.append(queue.popleft())
+        try:
             with connection:
-                connection.executemany(_INSERT_FEEDBACK, rows)
+                connection.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            queue.extendleft(reversed(rows))
+            self.write_errors += 1
+            _log.warning("decision log %s: write of %d rows failed (%s); retrying", self.path,
+                         len(rows), exc)
+            return False
+        return True
+
+    def _drain(self, connection: sqlite3.Connection) -> bool:
+        """Write everything pending; False when a write failed (what is left stays queued)."""
+        if self._feedback and not self._write(connection, _INSERT_FEEDBACK, self._feedback,
+                                              len(self._feedback)):
+            return False
         while self._pending:
-            rows = []
-            while self._pending and len(rows) < 5000:
-                rows.append(self._pending.popleft())
-            with connection:
-                connection.executemany(_INSERT, rows)
+            if not self._write(connection, _INSERT, self._pending, 5000):
+                return False
+        return True
 
     def _run(self) -> None:
         connection = connect(self.path)
@@ -190,7 +217,10 @@ class DecisionLog:
                 self._wake.wait(self.flush_s)
                 self._wake.clear()
                 self._drain(connection)
-            self._drain(connection)
+            # Stopping: keep trying (each try already waits out other writers' locks) until
+            # everything is written or `close` gives up waiting for this thread.
+            while not self._drain(connection) and not self._abandoned.is_set():
+                self._abandoned.wait(self.flush_s)
         finally:
             connection.close()
 
@@ -203,6 +233,12 @@ class DecisionLog:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abandoned.set()
+            lost = len(self._pending) + len(self._feedback)
+            if lost:
+                _log.error("decision log %s: %d rows could not be written before shutdown",
+                           self.path, lost)
 
 
 def read_records(path: str | Path) -> Iterator[dict]:

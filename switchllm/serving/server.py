@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -274,6 +275,7 @@ class SwitchServer:
             "routers": list(self.routers.routers),
             "strong_model": self.config.strong_model,
             "weak_model": self.config.weak_model,
+            "pid": os.getpid(),  # which process answered (`serve --workers N`)
         }
 
     def _models(self) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "a host busy with other work)")
     parser.add_argument("--workers", type=int, default=0,
                         help="server processes (RouteLLM's flag; default 1). Each loads the "
-                        "routers and runs its own event loop; /metrics sums all of them; all "
+                        "routers and runs its own event loop (torch threads: cores / N unless "
+                        "--router-threads); /metrics sums all of them; all "
                         "append to one decision log; SIGTERM stops them together")
     parser.add_argument("--verbose", action="store_true",
                         help="log every routing decision (INFO) to stderr")
@@ -113,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
                "timeout_graceful_shutdown": config.shutdown_grace_s}
     if args.workers > 1:
         from switchllm.serving.workers import run_workers
+
+        if not config.router_threads:
+            # N workers each running torch on every core oversubscribe the CPU: spinning
+            # threads compete instead of computing. Give each worker its share.
+            args.router_threads = max(1, (os.cpu_count() or 1) // args.workers)
 
         os.environ[WORKER_ARGS_ENV] = json.dumps(
             {k: v for k, v in vars(args).items() if not k.startswith("_")})

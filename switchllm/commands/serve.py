@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "routers and runs its own event loop (torch threads: cores / N unless "
                         "--router-threads); /metrics sums all of them; all "
                         "append to one decision log; SIGTERM stops them together")
+    parser.add_argument("--ray", action="store_true",
+                        help="deploy on Ray Serve (router replicas batching prompts, an OpenAI "
+                        "ingress; settings under `ray:` in the config) instead of uvicorn; "
+                        "needs the `ray` extra")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="Ray cluster to join with --ray (default: $RAY_ADDRESS, else a new "
+                        "local instance)")
     parser.add_argument("--verbose", action="store_true",
                         help="log every routing decision (INFO) to stderr")
 
@@ -109,6 +116,14 @@ def run(args: argparse.Namespace) -> int:
     if not config.api_keys and config.host not in LOOPBACK_HOSTS:
         print("switchllm: warning: listening beyond loopback without client API keys "
               "(--api-keys)")
+    if getattr(args, "ray", False):
+        if args.workers > 1:
+            raise SwitchLLMError("--ray and --workers do not combine: Ray Serve runs its own "
+                                 "replicas (ray.ingress.num_replicas in the config)")
+        from switchllm.serving import ray_app
+
+        return ray_app.run({k: v for k, v in vars(args).items() if not k.startswith("_")},
+                           args.ray_address)
     options = {"host": config.host, "port": config.port, "log_level": "warning",
                "access_log": False, "lifespan": "on", "timeout_keep_alive": 30,
                "timeout_graceful_shutdown": config.shutdown_grace_s}

@@ -122,6 +122,40 @@ def choose(win_rate: float, threshold: float, strong: str, weak: str) -> str:
     return strong if win_rate >= threshold else weak
 
 
+def _rates(router: Router, prompts: list[str], pair: tuple[str | None, str | None]
+           ) -> list[float]:
+    rates = router.win_rate(prompts, pair[0], pair[1])
+    return [float(r) for r in np.asarray(rates, dtype=float).reshape(-1)]
+
+
+def batch_win_rates(router: Router, items: Sequence[tuple[str, tuple[str | None, str | None]]]
+                    ) -> list[float | Exception]:
+    """Win rates of (prompt, pair) items in as few `win_rate` calls as possible: one per
+    distinct pair, nearly always just one. A call that fails is retried item by item, so a
+    prompt that breaks the router fails alone (its slot holds the exception). Shared by the
+    server's MicroBatcher and the Ray Serve router replicas."""
+    results: list[float | Exception] = [0.0] * len(items)
+    groups: dict[tuple[str | None, str | None], list[int]] = {}
+    for i, (_, pair) in enumerate(items):
+        groups.setdefault(pair, []).append(i)
+    for pair, indices in groups.items():
+        try:
+            rates = _rates(router, [items[i][0] for i in indices], pair)
+        except Exception as exc:  # noqa: BLE001 - isolate the request that broke the batch
+            if len(indices) == 1:
+                results[indices[0]] = exc
+                continue
+            for i in indices:
+                try:
+                    results[i] = _rates(router, [items[i][0]], pair)[0]
+                except Exception as exc:  # noqa: BLE001 - this request alone fails
+                    results[i] = exc
+            continue
+        for i, rate in zip(indices, rates, strict=True):
+            results[i] = rate
+    return results
+
+
 class MicroBatcher:
     """Collects concurrent win-rate requests for one router into one `win_rate` call.
 
@@ -168,30 +202,7 @@ class MicroBatcher:
 
     def _compute(self, batch: list) -> list[float | Exception]:
         self._set_threads()
-        # Group by pair: one win_rate call per distinct (strong, weak), nearly always just one.
-        results: list[float | Exception] = [0.0] * len(batch)
-        groups: dict[tuple[str | None, str | None], list[int]] = {}
-        for i, (_, pair, _) in enumerate(batch):
-            groups.setdefault(pair, []).append(i)
-        for pair, indices in groups.items():
-            try:
-                rates = self._rates([batch[i][0] for i in indices], pair)
-            except Exception:  # noqa: BLE001 - isolate the request that broke the batch
-                if len(indices) == 1:
-                    raise
-                for i in indices:
-                    try:
-                        results[i] = self._rates([batch[i][0]], pair)[0]
-                    except Exception as exc:  # noqa: BLE001 - this request alone fails
-                        results[i] = exc
-                continue
-            for i, rate in zip(indices, rates, strict=True):
-                results[i] = rate
-        return results
-
-    def _rates(self, prompts: list[str], pair: tuple[str | None, str | None]) -> list[float]:
-        rates = self.router.win_rate(prompts, pair[0], pair[1])
-        return [float(r) for r in np.asarray(rates, dtype=float).reshape(-1)]
+        return batch_win_rates(self.router, [(prompt, pair) for prompt, pair, _ in batch])
 
     def _set_threads(self) -> None:
         """Torch threads for router compute: `torch_threads` if set, else all cores. Measured on an

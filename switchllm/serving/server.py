@@ -110,10 +110,15 @@ class SwitchServer:
     """The ASGI application. Build with a ServingConfig; `await app.aclose()` (or the ASGI
     lifespan shutdown) releases the upstream pool and flushes the decision log."""
 
-    def __init__(self, config: ServingConfig, routers: RouterSet | None = None) -> None:
+    def __init__(
+        self, config: ServingConfig, routers: RouterSet | None = None,
+        routing: Callable[[RouterSet], AsyncRouting] | None = None,
+    ) -> None:
+        """`routing` builds the win-rate front end for the loaded routers (default: routers
+        computed in this process; Ray Serve: router replicas elsewhere)."""
         self.config = config
         self.routers = routers or RouterSet(config.routers)
-        self.routing = AsyncRouting(
+        self.routing = routing(self.routers) if routing is not None else AsyncRouting(
             self.routers, config.strong_model, config.weak_model, config.batch_window_ms / 1000,
             config.router_threads, config.max_prompt_chars,
         )

@@ -9,6 +9,7 @@ meanwhile, then the median per worker count and the ratio of the medians.
 
     python bench/workers.py                          # random and mf, 1 vs 2 workers, 3 repeats
     python bench/workers.py --routers mf --workers 4 --duration 20
+    python bench/workers.py --ray                    # and `serve --ray` (a local Ray instance)
 
 The upstream (bench/server.py's fast loopback server), the switchllm server and the load
 generator share this machine's cores, so the ratio is a floor: on a 2-core host the upstream
@@ -98,6 +99,40 @@ def start(workers: int, upstream_port: int, router: str, tmp: str,
     return process, port
 
 
+def start_ray(upstream_port: int, routers: list[str], tmp: str, router_replicas: int
+              ) -> tuple[subprocess.Popen, int]:
+    """`switchllm serve --ray` on a new local Ray instance: one ingress replica and
+    `router_replicas` router replicas, half a CPU each (Ray counts 2 CPUs on a 2-core host)."""
+    port = bench_server.free_port()
+    config = Path(tmp) / "ray.yaml"
+    base = f"http://127.0.0.1:{upstream_port}/v1"
+    config.write_text(
+        f"strong_model: strong\nweak_model: weak\nmodels:\n  strong: {{base_url: '{base}'}}\n"
+        f"  weak: {{base_url: '{base}'}}\nrouters: [{', '.join(routers)}]\nray:\n"
+        f"  router: {{num_replicas: {router_replicas}, ray_actor_options: {{num_cpus: 0.5}}}}\n"
+        "  ingress: {num_replicas: 1, ray_actor_options: {num_cpus: 0.5}}\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(ROOT), "SWITCHLLM_CACHE_DIR": f"{tmp}/cache"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "switchllm", "serve", "--ray", "--config", str(config),
+         "--port", str(port), "--log", f"{tmp}/ray-{time.time_ns()}.sqlite"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "Ray Serve application" in line and "ready" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.time() + 600
+    while not ready.wait(0.5):
+        if process.poll() is not None or time.time() > deadline:
+            raise SystemExit("the Ray Serve application did not start")
+    return process, port
+
+
 _RUNS = [0]
 
 
@@ -123,6 +158,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ray", action="store_true",
+                        help="also measure `serve --ray` (one local Ray instance, started once)")
+    parser.add_argument("--ray-router-replicas", type=int, default=1)
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra `switchllm serve` argument, repeatable")
     args = parser.parse_args()
@@ -164,6 +202,28 @@ def main() -> int:
                               f"{k} {v:.2f}" for k, v in result["cpu_ms"].items())
                           + f"; other work on the host: {result['others_cores']:.2f} cores",
                           flush=True)
+        names = list(dict.fromkeys(r[0] for r in rows))
+        if args.ray and names:
+            process, port = start_ray(up_port, [r for r in args.routers.split(",")
+                                                if r.partition("=")[0] in names],
+                                      tmp, args.ray_router_replicas)
+            try:
+                for repeat in range(args.repeats):
+                    for name in names:
+                        before = cpu_use(process.pid, upstream.pid)
+                        result = measure(port, f"router-{name}-0.5", args.clients,
+                                         args.duration)
+                        used = {k: v - before[k]
+                                for k, v in cpu_use(process.pid, upstream.pid).items()}
+                        result["others_cores"] = used.pop("others") / used.pop("wall")
+                        rows.append((name, 0, repeat, result))
+                        print(f"{name:<8} ray serve repeat={repeat} {result['rps']:8.0f} req/s  "
+                              f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
+                              f"failed {result['failures']}; other work on the host: "
+                              f"{result['others_cores']:.2f} cores", flush=True)
+            finally:
+                process.terminate()
+                process.wait(120)
     finally:
         upstream.terminate()
 
@@ -174,9 +234,14 @@ def main() -> int:
     for name in dict.fromkeys(r[0] for r in rows):
         one = statistics.median(r[3]["rps"] for r in rows if r[0] == name and r[1] == 1)
         many = statistics.median(r[3]["rps"] for r in rows
-                                 if r[0] == name and r[1] == args.workers)
-        failed = sum(r[3]["failures"] for r in rows if r[0] == name)
+                                 if r[0] == name and r[1] == args.workers)  # 0: Ray Serve
+        failed = sum(r[3]["failures"] for r in rows if r[0] == name and r[1] != 0)
         print(f"{name:<8}{one:>16.0f}{many:>18.0f}{many / one:>8.2f}{failed:>8}")
+        on_ray = [r[3]["rps"] for r in rows if r[0] == name and r[1] == 0]
+        if on_ray:
+            ray_rps = statistics.median(on_ray)
+            print(f"{'':<8}Ray Serve ({args.ray_router_replicas} router replicas): "
+                  f"{ray_rps:.0f} req/s, {ray_rps / one:.2f}x one worker")
     return 0
 
 

@@ -22,10 +22,11 @@ def test_ray_settings_come_from_the_yaml_and_bad_ones_are_named() -> None:
         "ingress": {"num_replicas": 2},
     }})
     assert settings.router == {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
-                               "ray_actor_options": {"num_cpus": 1}}
-    assert settings.ingress == {"num_replicas": 2}
+                               "ray_actor_options": {"num_cpus": 1},
+                               "max_ongoing_requests": 4 * 32}  # room to fill a batch
+    assert settings.ingress == {"num_replicas": 2, "max_ongoing_requests": 1000}
     assert (settings.max_batch_size, settings.batch_wait_timeout_s) == (32, 0.01)
-    assert ray_settings({}).ingress == {}  # no section: Ray Serve's defaults
+    assert ray_settings({}).ingress == {"max_ongoing_requests": 1000}
     for bad, message in (
         ({"ray": {"routr": {}}}, "unknown setting 'routr'"),
         ({"ray": {"ingress": {"max_batch_size": 8}}}, "ray.ingress: unknown setting"),

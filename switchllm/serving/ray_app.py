@@ -47,6 +47,7 @@ APP_NAME = "switchllm"
 _DEPLOYMENT_KEYS = ("num_replicas", "autoscaling_config", "max_ongoing_requests",
                     "ray_actor_options", "max_queued_requests", "health_check_period_s",
                     "graceful_shutdown_timeout_s")
+INGRESS_MAX_ONGOING = 1000  # requests in flight per ingress replica (most wait on upstreams)
 _BATCH_KEYS = {"max_batch_size": int, "batch_wait_timeout_s": float}
 
 
@@ -94,6 +95,11 @@ def ray_settings(raw: Mapping[str, Any] | None, where: str = "config") -> RaySet
         if "num_replicas" in options and "autoscaling_config" in options:
             raise ConfigError(f"{where}: ray.{part}: give num_replicas or autoscaling_config, "
                               "not both")
+    # Ray Serve lets a replica hold 5 requests by default: a router replica could then never
+    # batch more than 5 prompts, and an ingress (which mostly waits on upstreams) would queue
+    # clients at the proxy while idle.
+    settings.router.setdefault("max_ongoing_requests", 4 * settings.max_batch_size)
+    settings.ingress.setdefault("max_ongoing_requests", INGRESS_MAX_ONGOING)
     return settings
 
 

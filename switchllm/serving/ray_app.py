@@ -128,36 +128,38 @@ def deployments():  # noqa: ANN201 - (RouterReplicas, Ingress), defined once Ray
 
                 torch.set_num_threads(torch_threads)
             self.routers = RouterSet(routers)
-            self.win_rate.set_max_batch_size(max_batch_size)
-            self.win_rate.set_batch_wait_timeout_s(batch_wait_timeout_s)
+            self.win_rates.set_max_batch_size(max_batch_size)
+            self.win_rates.set_batch_wait_timeout_s(batch_wait_timeout_s)
             self.batches = 0
             self.largest_batch = 0
 
-        @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-        async def win_rate(self, names: list[str], prompts: list[str],
-                           pairs: list[tuple[str | None, str | None]]) -> list[float | str]:
-            """One batch of (router name, prompt, pair): a win rate per item, or the error
-            message of an item the router could not score."""
+        @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002,
+                     batch_size_fn=lambda calls: sum(len(call.prompts) for call in calls))
+        async def win_rates(self, calls: list[RouterCall]) -> list[list[float | str]]:
+            """Calls from any ingress replicas, each a micro-batch of one router's prompts,
+            answered in one router call per router (and pair): per prompt a win rate, or the
+            error message of a prompt the router could not score."""
             self.batches += 1
-            self.largest_batch = max(self.largest_batch, len(names))
-            return await asyncio.to_thread(self._compute, names, prompts, pairs)
+            self.largest_batch = max(self.largest_batch, sum(len(c.prompts) for c in calls))
+            return await asyncio.to_thread(self._compute, calls)
 
-        def _compute(self, names: list[str], prompts: list[str],
-                     pairs: list[tuple[str | None, str | None]]) -> list[float | str]:
+        def _compute(self, calls: list[RouterCall]) -> list[list[float | str]]:
             from switchllm.serving.routing import batch_win_rates
 
-            results: list[float | str] = [0.0] * len(names)
-            by_router: dict[str, list[int]] = {}
-            for i, name in enumerate(names):
-                by_router.setdefault(name, []).append(i)
-            for name, indices in by_router.items():
+            by_router: dict[str, list[tuple[int, int]]] = {}
+            for c, call in enumerate(calls):
+                by_router.setdefault(call.router, []).extend(
+                    (c, i) for i in range(len(call.prompts)))
+            results: list[list[float | str]] = [[0.0] * len(call.prompts) for call in calls]
+            for name, slots in by_router.items():
                 router = self.routers.get(name)
-                rates = batch_win_rates(router, [(prompts[i], tuple(pairs[i])) for i in indices])
-                for i, rate in zip(indices, rates, strict=True):
+                rates = batch_win_rates(router, [(calls[c].prompts[i], tuple(calls[c].pair))
+                                                 for c, i in slots])
+                for (c, i), rate in zip(slots, rates, strict=True):
                     if isinstance(rate, Exception):
-                        results[i] = f"router {name} failed: {rate}"
+                        results[c][i] = f"router {name} failed: {rate}"
                     else:
-                        results[i] = rate if math.isfinite(rate) else 0.0
+                        results[c][i] = rate if math.isfinite(rate) else 0.0
             return results
 
         def stats(self) -> dict[str, int]:
@@ -166,19 +168,21 @@ def deployments():  # noqa: ANN201 - (RouterReplicas, Ingress), defined once Ray
     @serve.deployment(name="Ingress")
     @serve.ingress()
     class Ingress:
-        def __init__(self, serve_args: dict[str, Any], router_replicas: Any) -> None:
+        def __init__(self, serve_args: dict[str, Any], router_replicas: Any,
+                     max_batch_size: int) -> None:
             self.serve_args = serve_args
             self.router_replicas = router_replicas
+            self.max_batch_size = max_batch_size
 
         def __serve_build_asgi_app__(self) -> Any:
             from switchllm.commands.serve import config_from_args
             from switchllm.serving.server import SwitchServer
 
             config = config_from_args(argparse.Namespace(**self.serve_args))
-            replicas = self.router_replicas
+            replicas, limit = self.router_replicas, self.max_batch_size
             return SwitchServer(config, routing=lambda routers: RemoteRouting(
                 replicas, routers, config.strong_model, config.weak_model,
-                config.max_prompt_chars))
+                config.max_prompt_chars, limit))
 
     _DEPLOYMENTS.append((RouterReplicas, Ingress))
     return RouterReplicas, Ingress
@@ -187,24 +191,90 @@ def deployments():  # noqa: ANN201 - (RouterReplicas, Ingress), defined once Ray
 _DEPLOYMENTS: list[tuple[Any, Any]] = []
 
 
+@dataclass(frozen=True)
+class RouterCall:
+    """One ingress micro-batch for the router replicas: prompts for one router and pair."""
+
+    router: str
+    prompts: list[str]
+    pair: tuple[str | None, str | None]
+
+
+class RemoteBatcher:
+    """Collects an ingress replica's concurrent requests for one router into one call to the
+    router replicas (a Ray call costs milliseconds: one per request would cap throughput at
+    what the handles can carry). Up to `in_flight` calls run at once, so several router
+    replicas stay busy; requests arriving meanwhile join the next call."""
+
+    def __init__(self, replicas: Any, router: str, max_batch: int, in_flight: int = 4) -> None:
+        self.replicas = replicas
+        self.router = router
+        self.max_batch = max_batch
+        self.in_flight = in_flight
+        self._running = 0
+        self._pending: list[tuple[str, tuple[str | None, str | None], asyncio.Future]] = []
+        self._scheduled = False
+
+    async def win_rate(self, prompt: str, pair: tuple[str | None, str | None]) -> float:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[float] = loop.create_future()
+        self._pending.append((prompt, pair, future))
+        self._schedule(loop)
+        return await future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._pending and not self._scheduled and self._running < self.in_flight:
+            self._scheduled = True
+            loop.call_soon(self._start, loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        pending = [item for item in self._pending if not item[2].done()]
+        pair = pending[0][1] if pending else (None, None)
+        batch = [item for item in pending if item[1] == pair][: self.max_batch]
+        chosen = {id(item) for item in batch}
+        self._pending = [item for item in pending if id(item) not in chosen]
+        if batch:
+            self._running += 1
+            loop.create_task(self._call(loop, batch, pair))
+        self._schedule(loop)
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list, pair: tuple) -> None:
+        try:
+            rates = await self.replicas.win_rates.remote(
+                RouterCall(self.router, [prompt for prompt, _, _ in batch], pair))
+        except Exception as exc:  # noqa: BLE001 - every request of the call fails with it
+            rates = [exc] * len(batch)
+        finally:
+            self._running -= 1
+        for (_, _, future), rate in zip(batch, rates, strict=True):
+            if future.done():
+                continue
+            if isinstance(rate, Exception):
+                future.set_exception(rate)
+            elif isinstance(rate, str):
+                future.set_exception(RuntimeError(rate))
+            else:
+                future.set_result(rate)
+        self._schedule(loop)
+
+
 class RemoteRouting(AsyncRouting):
     """AsyncRouting whose win rates come from the RouterReplicas deployment. The routers are
     also loaded here (thresholds, strong shares and model names read their cards; route groups
     score their models locally); pair routing computes nothing in the ingress."""
 
     def __init__(self, replicas: Any, routers: Any, strong: str, weak: str,
-                 max_prompt_chars: int) -> None:
+                 max_prompt_chars: int, max_batch: int = 64) -> None:
         super().__init__(routers, strong, weak, 0.0, 1, max_prompt_chars)
-        self.replicas = replicas
+        self.remote = {name: RemoteBatcher(replicas, name, max_batch) for name in routers.routers}
 
     async def decide(self, name: str, threshold: float, prompt: str) -> Decision:
         router = self.routers.get(name)
         started = time.perf_counter()
-        rate = await self.replicas.win_rate.remote(
-            name, routable_text(prompt, self.max_prompt_chars),
+        rate = await self.remote[name].win_rate(
+            routable_text(prompt, self.max_prompt_chars),
             router_pair(router, self.strong, self.weak))
-        if isinstance(rate, str):
-            raise RuntimeError(rate)
         model = choose(rate, threshold, self.strong, self.weak)
         return Decision(name, threshold, rate, model, time.perf_counter() - started)
 
@@ -223,7 +293,8 @@ def build_app(serve_args: Mapping[str, Any], settings: RaySettings) -> Any:
     routers = router_cls.options(**settings.router).bind(
         dict(config.routers), config.router_threads, settings.max_batch_size,
         settings.batch_wait_timeout_s)
-    return ingress_cls.options(**settings.ingress).bind(dict(serve_args), routers)
+    return ingress_cls.options(**settings.ingress).bind(dict(serve_args), routers,
+                                                        settings.max_batch_size)
 
 
 def build(args: dict[str, str]) -> Any:

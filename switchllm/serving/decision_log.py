@@ -162,7 +162,7 @@ class DecisionLog:
         self.dropped = 0
         self._pending: deque[tuple] = deque()
         self._feedback: deque[tuple] = deque()
-        self.write_errors = 0  # failed (and retried) batch writes
+        self.write_failures = 0  # failed (and retried) batch writes
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._abandoned = threading.Event()
@@ -194,7 +194,7 @@ class DecisionLog:
                 connection.executemany(sql, rows)
         except sqlite3.Error as exc:
             queue.extendleft(reversed(rows))
-            self.write_errors += 1
+            self.write_failures += 1
             _log.warning("decision log %s: write of %d rows failed (%s); retrying", self.path,
                          len(rows), exc)
             return False

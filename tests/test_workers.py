@@ -116,8 +116,13 @@ class Workers:
         raise AssertionError("workers did not start:\n" + "".join(self.output))
 
     def stop(self) -> None:
+        """SIGTERM first: a SIGKILLed parent would leave its workers running."""
         if self.process.poll() is None:
-            self.process.kill()
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
         self.process.wait(10)
 
 

@@ -153,7 +153,7 @@ def test_workers_share_metrics_and_log_and_stop_together_on_sigterm(tmp_path: Pa
     server = Workers(["--workers", "2", "--routers", "random", "--strong-model", "strong",
                       "--weak-model", "weak", "--base-url", upstream.base_url,
                       "--log", str(log_path), "--log-flush-ms", "60000"])
-    requests = 240
+    requests = 120
     try:
         pids = server.wait_ready()
         assert len(pids) == 2
@@ -195,6 +195,33 @@ def test_workers_share_metrics_and_log_and_stop_together_on_sigterm(tmp_path: Pa
     rows = list(read_records(log_path))
     assert len(rows) == requests and all(r["status"] == 200 for r in rows)
     assert len({r["request_id"] for r in rows}) == requests
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_workers_of_a_killed_parent_flush_their_rows_and_exit(tmp_path: Path) -> None:
+    upstream = FakeUpstream(record=False).start()
+    log_path = tmp_path / "log.sqlite"
+    server = Workers(["--workers", "2", "--routers", "random", "--strong-model", "strong",
+                      "--weak-model", "weak", "--base-url", upstream.base_url,
+                      "--log", str(log_path), "--log-flush-ms", "60000"])
+    try:
+        pids = server.wait_ready()
+        body = {"model": "router-random-0.5", "messages": [{"role": "user", "content": "hi"}]}
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(
+                lambda _: httpx.post(server.url + "/v1/chat/completions", json=body).status_code,
+                range(40)))
+        assert statuses == [200] * 40
+        server.process.kill()  # the parent gets no chance to stop its workers
+        server.process.wait(10)
+        deadline = time.time() + 30
+        while any(_alive(pid) for pid in pids) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids)  # no orphan keeps serving
+    finally:
+        server.stop()
+        upstream.stop()
+    assert len(list(read_records(log_path))) == 40  # each worker flushed as it stopped
 
 
 def test_a_worker_that_cannot_start_stops_the_server_with_the_reason(tmp_path: Path) -> None:

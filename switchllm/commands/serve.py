@@ -167,4 +167,7 @@ def app_from_environment():  # noqa: ANN201 - the ASGI app of one `--workers` pr
         # uvicorn's "failed to start" code: the parent stops instead of restarting the worker
         sys.exit(STARTUP_FAILURE)
     state_pairs(app.routers.routers, app.config.strong_model, app.config.weak_model)
+    from switchllm.serving.workers import stop_with_parent
+
+    stop_with_parent()
     return app

@@ -12,6 +12,7 @@ from the same command line. What they share, and how:
   when a worker cannot start (a broken router fails the same way on every restart), and on
   SIGTERM or SIGINT stops them all, each finishing its requests in flight and flushing its log
   rows before it exits. SIGHUP replaces the workers one by one (uvicorn's rolling restart).
+  A worker whose parent dies without stopping it (SIGKILL) stops itself the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
+import time
 from typing import Any
 
 from switchllm.errors import SwitchLLMError
@@ -32,6 +35,20 @@ START_TIMEOUT_S = 600.0
 # ping is answered by a thread of its own, but on a saturated host a busy worker can take a few
 # seconds to get the GIL; uvicorn's default (5 s) killed busy workers, losing their log rows.
 HEALTHCHECK_TIMEOUT_S = 30
+
+
+def stop_with_parent(interval_s: float = 0.5) -> None:
+    """In a worker: shut down gracefully (SIGTERM to itself: finish requests, flush the log)
+    when the parent goes away without stopping it, as after a SIGKILL or a crash of the
+    parent, instead of serving on as an orphan nobody supervises."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="switchllm-parent-watch", daemon=True).start()
 
 
 def run_workers(app_factory: str, workers: int, options: dict[str, Any]) -> int:

@@ -12,19 +12,17 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.multiprocess import MultiProcessCollector
 
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def multiprocess_dir() -> str | None:
     """The directory prometheus_client shares values through, or None in a single process."""
     return os.environ.get(MULTIPROC_ENV) or None
-
-LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-)
 
 
 class ServerMetrics:
@@ -86,6 +84,8 @@ class ServerMetrics:
     def render(self) -> bytes:
         if self._shared_dir is None:
             return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
         # A fresh registry per scrape: MultiProcessCollector reads every worker's files now.
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._shared_dir)

@@ -4,6 +4,7 @@ workers together."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import re
@@ -19,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from switchllm.serving import decision_log
 from switchllm.serving.decision_log import DecisionLog, DecisionRecord, read_records
 from tests.serving_fixtures import FakeUpstream, free_port
 
@@ -59,8 +59,14 @@ def test_concurrent_writers_to_one_log_lose_no_rows(tmp_path: Path) -> None:
 def test_a_locked_log_delays_rows_and_loses_none(tmp_path: Path, monkeypatch) -> None:
     """Another process holding the write lock longer than the busy timeout used to cost the
     batch (and stop the writer thread for good); now the rows wait and are written after."""
-    # (with Python's default lock wait of 5 s instead, the test only takes longer)
-    monkeypatch.setattr(decision_log, "BUSY_TIMEOUT_S", 0.05, raising=False)
+    # A short lock wait, wherever the SQLite writer reads it (decision_log here; log_store
+    # once the log has more than one backend). Left at its default the test only takes longer.
+    for module, name in (("switchllm.serving.decision_log", "BUSY_TIMEOUT_S"),
+                         ("switchllm.serving.log_store", "SQLITE_BUSY_TIMEOUT_S")):
+        try:
+            monkeypatch.setattr(importlib.import_module(module), name, 0.05, raising=False)
+        except ImportError:
+            continue
     path = tmp_path / "log.sqlite"
     log = DecisionLog(path, flush_s=0.01)
     holder = sqlite3.connect(path, isolation_level=None)

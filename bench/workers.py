@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -226,6 +227,7 @@ def main() -> int:
                 process.wait(120)
     finally:
         upstream.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nnon-streamed chat, c={args.clients}, {args.duration:g} s per run, "
           f"{args.repeats} repeats, {os.cpu_count()} cores")

@@ -8,6 +8,7 @@ import importlib
 import os
 import queue
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -212,6 +213,7 @@ def test_workers_of_a_killed_parent_flush_their_rows_and_exit(tmp_path: Path) ->
                       "--log", str(log_path), "--log-flush-ms", "60000"])
     try:
         pids = server.wait_ready()
+        metrics_dir = _worker_environment(pids[0])["PROMETHEUS_MULTIPROC_DIR"]
         body = {"model": "router-random-0.5", "messages": [{"role": "user", "content": "hi"}]}
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(
@@ -227,6 +229,8 @@ def test_workers_of_a_killed_parent_flush_their_rows_and_exit(tmp_path: Path) ->
     finally:
         server.stop()
         upstream.stop()
+        if "metrics_dir" in locals():  # a killed parent cannot remove it
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     assert len(list(read_records(log_path))) == 40  # each worker flushed as it stopped
 
 

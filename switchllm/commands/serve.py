@@ -66,7 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "a host busy with other work)")
     parser.add_argument("--workers", type=int, default=0,
                         help="server processes (RouteLLM's flag; default 1). Each loads the "
-                        "routers and keeps its own /metrics; all append to one decision log")
+                        "routers and runs its own event loop (torch threads: cores / N unless "
+                        "--router-threads); /metrics sums all of them; all "
+                        "append to one decision log; SIGTERM stops them together")
+    parser.add_argument("--ray", action="store_true",
+                        help="deploy on Ray Serve (router replicas batching prompts, an OpenAI "
+                        "ingress; settings under `ray:` in the config) instead of uvicorn; "
+                        "needs the `ray` extra")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="Ray cluster to join with --ray (default: $RAY_ADDRESS, else a new "
+                        "local instance)")
     parser.add_argument("--verbose", action="store_true",
                         help="log every routing decision (INFO) to stderr")
 
@@ -126,15 +135,29 @@ def run(args: argparse.Namespace) -> int:
     if not config.api_keys and config.host not in LOOPBACK_HOSTS:
         print("switchllm: warning: listening beyond loopback without client API keys "
               "(--api-keys)")
+    if getattr(args, "ray", False):
+        if args.workers > 1:
+            raise SwitchLLMError("--ray and --workers do not combine: Ray Serve runs its own "
+                                 "replicas (ray.ingress.num_replicas in the config)")
+        from switchllm.serving import ray_app
+
+        return ray_app.run({k: v for k, v in vars(args).items() if not k.startswith("_")},
+                           args.ray_address)
     options = {"host": config.host, "port": config.port, "log_level": "warning",
                "access_log": False, "lifespan": "on", "timeout_keep_alive": 30,
                "timeout_graceful_shutdown": config.shutdown_grace_s}
     if args.workers > 1:
+        from switchllm.serving.workers import run_workers
+
+        if not config.router_threads:
+            # N workers each running torch on every core oversubscribe the CPU: spinning
+            # threads compete instead of computing. Give each worker its share.
+            args.router_threads = max(1, (os.cpu_count() or 1) // args.workers)
+
         os.environ[WORKER_ARGS_ENV] = json.dumps(
             {k: v for k, v in vars(args).items() if not k.startswith("_")})
-        uvicorn.run("switchllm.commands.serve:app_from_environment", factory=True,
-                    workers=args.workers, **options)
-        return 0
+        return run_workers("switchllm.commands.serve:app_from_environment", args.workers,
+                           options)
     from switchllm.serving.pairs import state_pairs
 
     app = create_app(config)
@@ -148,13 +171,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def app_from_environment():  # noqa: ANN201 - the ASGI app of one `--workers` process
+    from uvicorn.config import STARTUP_FAILURE
+
     from switchllm.serving import create_app
+    from switchllm.serving.pairs import state_pairs
 
     args = argparse.Namespace(**json.loads(os.environ[WORKER_ARGS_ENV]))
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from switchllm.serving.pairs import state_pairs
-
-    app = create_app(config_from_args(args))
+    try:
+        app = create_app(config_from_args(args))
+    except SwitchLLMError as exc:  # e.g. a router that cannot load: the same in every worker
+        print(f"switchllm serve: error: {exc}", file=sys.stderr, flush=True)
+        # uvicorn's "failed to start" code: the parent stops instead of restarting the worker
+        sys.exit(STARTUP_FAILURE)
     state_pairs(app.routers.routers, app.config.strong_model, app.config.weak_model)
+    from switchllm.serving.workers import stop_with_parent
+
+    stop_with_parent()
     return app

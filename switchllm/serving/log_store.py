@@ -28,6 +28,8 @@ from switchllm.serving.log_schema import (
 )
 
 URL_SCHEMES = ("postgresql://", "postgres://")
+# How long a writer waits for another writer's lock (`serve --workers N` share one file).
+SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 class StoreUnavailable(SwitchLLMError):
@@ -139,7 +141,8 @@ def sqlite_connect(path: str | os.PathLike) -> sqlite3.Connection:
     migrate the SQLite log at `path`."""
     try:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        connection = sqlite3.connect(str(path), check_same_thread=False)
+        connection = sqlite3.connect(str(path), check_same_thread=False,
+                                     timeout=SQLITE_BUSY_TIMEOUT_S)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.executescript(_SQLITE_SCHEMA)
         _sqlite_migrate(connection)

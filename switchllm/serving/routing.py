@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +129,47 @@ def choose(win_rate: float, threshold: float, strong: str, weak: str) -> str:
 BatchKey = tuple[str, Any]
 
 
+def run_isolated(keys: Sequence[Hashable], payloads: Sequence[Any],
+                 run: Callable[[Any, list[Any]], list[Any]]) -> list[Any]:
+    """`run(key, payloads)` once per distinct key (nearly always just once), answers back in
+    input order. A call that fails is retried item by item, so a prompt that breaks the router
+    fails alone: its slot holds the exception."""
+    results: list[Any] = [None] * len(payloads)
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    for key, indices in groups.items():
+        try:
+            answers = run(key, [payloads[i] for i in indices])
+        except Exception as exc:  # noqa: BLE001 - isolate the request that broke the batch
+            if len(indices) == 1:
+                results[indices[0]] = exc
+                continue
+            for i in indices:
+                try:
+                    results[i] = run(key, [payloads[i]])[0]
+                except Exception as exc:  # noqa: BLE001 - this request alone fails
+                    results[i] = exc
+            continue
+        for i, answer in zip(indices, answers, strict=True):
+            results[i] = answer
+    return results
+
+
+def _rates(router: Router, prompts: list[str], pair: tuple[str | None, str | None]
+           ) -> list[float]:
+    rates = router.win_rate(prompts, pair[0], pair[1])
+    return [float(r) for r in np.asarray(rates, dtype=float).reshape(-1)]
+
+
+def batch_win_rates(router: Router, items: Sequence[tuple[str, tuple[str | None, str | None]]]
+                    ) -> list[float | Exception]:
+    """Win rates of (prompt, pair) items, one `win_rate` call per distinct pair, each failing
+    prompt alone (run_isolated). Used by the Ray Serve router replicas."""
+    return run_isolated([pair for _, pair in items], [prompt for prompt, _ in items],
+                        lambda pair, prompts: _rates(router, prompts, pair))
+
+
 class MicroBatcher:
     """Collects concurrent routing requests for one router into one router call per kind:
     pair win rates (`win_rate`) into one `win_rate` call per pair, and route-group choices
@@ -185,37 +226,15 @@ class MicroBatcher:
 
     def _compute(self, batch: list) -> list[Any]:
         self._set_threads()
-        # One router call per distinct key (pair or group), nearly always just one.
-        results: list[Any] = [None] * len(batch)
-        groups: dict[BatchKey, list[int]] = {}
-        for i, (key, _, _) in enumerate(batch):
-            groups.setdefault(key, []).append(i)
-        for key, indices in groups.items():
-            try:
-                answers = self._run(key, [batch[i][1] for i in indices])
-            except Exception:  # noqa: BLE001 - isolate the request that broke the batch
-                if len(indices) == 1:
-                    raise
-                for i in indices:
-                    try:
-                        results[i] = self._run(key, [batch[i][1]])[0]
-                    except Exception as exc:  # noqa: BLE001 - this request alone fails
-                        results[i] = exc
-                continue
-            for i, answer in zip(indices, answers, strict=True):
-                results[i] = answer
-        return results
+        return run_isolated([key for key, _, _ in batch], [payload for _, payload, _ in batch],
+                            self._run)
 
     def _run(self, key: BatchKey, payloads: list[Any]) -> list[Any]:
         kind, what = key
         if kind == "group":
             self.group_calls += 1
             return what.choose([p for p, _ in payloads], [t for _, t in payloads])
-        return self._rates(payloads, what)
-
-    def _rates(self, prompts: list[str], pair: tuple[str | None, str | None]) -> list[float]:
-        rates = self.router.win_rate(prompts, pair[0], pair[1])
-        return [float(r) for r in np.asarray(rates, dtype=float).reshape(-1)]
+        return _rates(self.router, payloads, what)
 
     def _set_threads(self) -> None:
         """Torch threads for router compute: `torch_threads` if set, else all cores. Measured on an

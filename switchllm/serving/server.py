@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -119,10 +120,15 @@ class SwitchServer:
     """The ASGI application. Build with a ServingConfig; `await app.aclose()` (or the ASGI
     lifespan shutdown) releases the upstream pool and flushes the decision log."""
 
-    def __init__(self, config: ServingConfig, routers: RouterSet | None = None) -> None:
+    def __init__(
+        self, config: ServingConfig, routers: RouterSet | None = None,
+        routing: Callable[[RouterSet], AsyncRouting] | None = None,
+    ) -> None:
+        """`routing` builds the win-rate front end for the loaded routers (default: routers
+        computed in this process; Ray Serve: router replicas elsewhere)."""
         self.config = config
         self.routers = routers or RouterSet(config.routers)
-        self.routing = AsyncRouting(
+        self.routing = routing(self.routers) if routing is not None else AsyncRouting(
             self.routers, config.strong_model, config.weak_model, config.batch_window_ms / 1000,
             config.router_threads, config.max_prompt_chars,
         )
@@ -144,6 +150,7 @@ class SwitchServer:
         self._cost_total = 0.0
         self._strong_cost_total = 0.0
         self._recent = RecentRequests()
+        self._log_observer: asyncio.Task[None] | None = None
         self.stats = (StatsReader.for_location(config.log_location) if config.log_location
                       else None)
 
@@ -159,7 +166,15 @@ class SwitchServer:
             )
         return self._upstreams
 
+    async def _observe_log_forever(self, every_s: float = 1.0) -> None:
+        while self.log is not None:
+            self.metrics.observe_log(self.log.status())
+            await asyncio.sleep(every_s)
+
     async def aclose(self) -> None:
+        if self._log_observer is not None:
+            self._log_observer.cancel()
+            self._log_observer = None
         if self._upstreams is not None:
             await self._upstreams.aclose()
             self._upstreams = None
@@ -248,6 +263,9 @@ class SwitchServer:
                     return
                 if self.stats is not None:  # aggregate the log's past in the background
                     asyncio.get_running_loop().run_in_executor(None, self._warm_stats)
+                if self.log is not None and self.metrics.shared:
+                    # a scrape reaches one worker: each keeps its own log gauges current
+                    self._log_observer = asyncio.create_task(self._observe_log_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -300,6 +318,7 @@ class SwitchServer:
             "routers": list(self.routers.routers),
             "strong_model": self.config.strong_model,
             "weak_model": self.config.weak_model,
+            "pid": os.getpid(),  # which process answered (`serve --workers N`)
         }
 
     def _models(self) -> dict[str, Any]:

@@ -1,0 +1,270 @@
+"""The routing server assembled from alternative parts, one variant per process, for
+`python bench/server.py --parts` (issue 7: measure, then choose the parts).
+
+    python bench/server_parts.py --variant starlette --port 8001 --upstream-port 8000 --log x.db
+
+Every variant serves the same `SwitchServer` handlers for the random router against the same
+upstream; only the named part differs from the shipped server (`raw`):
+
+- `raw`: the shipped server: the raw ASGI app, `http_pool.py`, hand-written request checks,
+  uvicorn with uvloop + httptools;
+- `asyncio+h11`, `asyncio+httptools`, `uvloop+h11`: uvicorn's other event loops and HTTP parsers
+  (`uvicorn` without the `[standard]` extra runs asyncio + h11);
+- `starlette-asgi`: Starlette routing and its default middleware in front of the same ASGI
+  handlers (the cheapest port);
+- `starlette`: Starlette endpoints taking a `Request` and returning a `Response` (the idiomatic
+  port);
+- `fastapi`: FastAPI path operations taking a `Request` and returning a `Response`;
+- `aiohttp`: aiohttp's client session in place of `http_pool.py`;
+- `pydantic`: request shapes checked by a pydantic model in place of the hand checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from switchllm.serving import build_config, create_app  # noqa: E402
+from switchllm.serving import server as server_module  # noqa: E402
+from switchllm.serving.http_pool import (  # noqa: E402
+    ConnectError,
+    ProtocolError,
+    ReadTimeout,
+    Response,
+    Target,
+)
+
+LOOPS = {"asyncio+h11": ("asyncio", "h11"), "asyncio+httptools": ("asyncio", "httptools"),
+         "uvloop+h11": ("uvloop", "h11")}
+VARIANTS = ("raw", *LOOPS, "starlette-asgi", "starlette", "fastapi", "aiohttp", "pydantic")
+API_PATHS = ("/v1/chat/completions", "/chat/completions")
+
+
+# ---- Starlette / FastAPI ------------------------------------------------------------------
+class _ASGIEndpoint:
+    """A Starlette endpoint that is an ASGI app (not a function): Starlette calls it with the
+    raw scope, receive and send."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.server(scope, receive, send)
+
+
+def _lifespan(server: Any):  # noqa: ANN202
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        _ = server.upstreams
+        await server.routing.warm_up()
+        yield
+        await server.aclose()
+
+    return lifespan
+
+
+async def _as_response(server: Any, request: Any) -> Any:
+    """Run the shipped handler and hand its answer back as a framework Response, as an
+    endpoint written for the framework would build one."""
+    from starlette.responses import Response as StarletteResponse
+
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def capture(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await server(request.scope, request.receive, capture)
+    start = sent[0]
+    headers = {name.decode("latin-1"): value.decode("latin-1")
+               for name, value in start["headers"] if name != b"content-length"}
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return StarletteResponse(body, status_code=start["status"], headers=headers)
+
+
+def starlette_app(server: Any, asgi_endpoints: bool) -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    async def endpoint(request: Any) -> Any:
+        return await _as_response(server, request)
+
+    handler = _ASGIEndpoint(server) if asgi_endpoints else endpoint
+    routes = [Route(path, handler, methods=["POST"]) for path in API_PATHS]
+    return Starlette(routes=routes, lifespan=_lifespan(server))
+
+
+def fastapi_app(server: Any) -> Any:
+    from fastapi import FastAPI, Request
+
+    app = FastAPI(lifespan=_lifespan(server))
+
+    async def chat(request: Request) -> Any:
+        return await _as_response(server, request)
+
+    # FastAPI reads the annotation to inject the Request; with postponed annotations it is the
+    # string "Request", which it cannot resolve from this function's scope
+    chat.__annotations__ = {"request": Request}
+    for path in API_PATHS:
+        app.post(path)(chat)
+    return app
+
+
+# ---- aiohttp's client in place of http_pool ----------------------------------------------
+class _AiohttpStream:
+    """http_pool.StreamResponse's interface over an aiohttp response."""
+
+    def __init__(self, response: Any, read_timeout: float) -> None:
+        self.response = response
+        self.status = response.status
+        self.headers = {k.lower(): v for k, v in response.headers.items()}
+        self.read_timeout = read_timeout
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        import aiohttp
+
+        iterator = self.response.content.iter_any().__aiter__()
+        while True:
+            try:
+                async with asyncio.timeout(self.read_timeout):
+                    chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise ReadTimeout("upstream read timed out") from None
+            except aiohttp.ClientError as exc:
+                raise ProtocolError(f"stream broke: {type(exc).__name__}") from None
+            yield chunk
+
+    async def aread(self) -> bytes:
+        return b"".join([chunk async for chunk in self.aiter_raw()])
+
+    async def aclose(self) -> None:
+        self.response.release()
+
+
+class AiohttpPool:
+    """http_pool.HTTPPool's interface over one aiohttp ClientSession (created in the loop)."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._session: Any = None
+
+    def _client(self) -> Any:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(sock_connect=self.connect_timeout,
+                                              sock_read=self.read_timeout),
+                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def stream(self, method: str, target: Target, headers: dict[str, str],
+                     body: bytes) -> _AiohttpStream:
+        import aiohttp
+
+        url = f"{target.scheme}://{target.host_header}{target.path}"
+        try:
+            response = await self._client().request(method, url, headers=headers, data=body)
+        except TimeoutError:
+            raise ReadTimeout("upstream did not answer in time") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectError(f"cannot connect: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise ProtocolError(f"no valid response: {type(exc).__name__}") from None
+        return _AiohttpStream(response, self.read_timeout)
+
+    async def request(self, method: str, target: Target, headers: dict[str, str],
+                      body: bytes) -> Response:
+        response = await self.stream(method, target, headers, body)
+        try:
+            data = await response.aread()
+        finally:
+            await response.aclose()
+        return Response(response.status, response.headers, data)
+
+
+# ---- pydantic request checks in place of the hand checks ----------------------------------
+def install_pydantic_checks() -> None:
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+    class Message(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        role: StrictStr
+
+    class ChatRequest(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: StrictStr = Field(min_length=1)
+        messages: list[Message] = Field(min_length=1)
+        stream: StrictBool | None = None
+
+    HTTPError = server_module.HTTPError
+    parse_object = server_module._parse_object
+
+    def parse_request(body: bytes) -> dict[str, Any]:
+        # JSON, depth and surrogate checks stay; pydantic replaces the shape checks
+        payload = parse_object(body, "a JSON chat completion request")
+        try:
+            ChatRequest.model_validate(payload)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"])
+            raise HTTPError(400, f"{where}: {error['msg']}", param=where) from None
+        return payload
+
+    server_module._parse_request = parse_request
+
+
+def build(variant: str, upstream_port: int, log: str) -> Any:
+    config = build_config(
+        routers=["random"], strong_model="strong", weak_model="weak",
+        base_url=f"http://127.0.0.1:{upstream_port}/v1", overrides={"log_path": log},
+    )
+    if variant == "pydantic":
+        install_pydantic_checks()
+    server = create_app(config)
+    if variant == "aiohttp":
+        upstreams = server.upstreams
+        upstreams.client = AiohttpPool(config.connect_timeout, config.timeout)
+    if variant == "starlette-asgi":
+        return starlette_app(server, asgi_endpoints=True)
+    if variant == "starlette":
+        return starlette_app(server, asgi_endpoints=False)
+    if variant == "fastapi":
+        return fastapi_app(server)
+    return server
+
+
+def main() -> int:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream-port", type=int, required=True)
+    parser.add_argument("--log", required=True)
+    args = parser.parse_args()
+    loop, http = LOOPS.get(args.variant, ("uvloop", "httptools"))
+    app = build(args.variant, args.upstream_port, args.log)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, loop=loop, http=http,
+                log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

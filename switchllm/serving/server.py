@@ -44,6 +44,7 @@ from switchllm.serving.groups import (
 )
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
+from switchllm.serving.request_models import RequestShapeError, check_chat_request
 from switchllm.serving.routing import AsyncRouting, Decision, RouterSet, routable_text
 from switchllm.serving.upstream import (
     OpenStream,
@@ -746,23 +747,12 @@ def _request_text(value: Any) -> str:
 
 
 def _parse_request(body: bytes) -> dict[str, Any]:
+    """A chat completion request, checked by its pydantic model (serving.request_models)."""
     payload = _parse_object(body, "a JSON chat completion request")
-    messages = payload.get("messages")
-    if messages is None:
-        raise HTTPError(400, "'messages' is required", param="messages", code="missing_required")
-    if not isinstance(messages, list) or not messages:
-        raise HTTPError(400, "'messages' must be a non-empty list of messages", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise HTTPError(
-                400, f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]"
-            )
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise HTTPError(
-            400, "'model' is required: router-<router>-<threshold> or an upstream model name",
-            param="model", code="missing_required",
-        )
+    try:
+        check_chat_request(payload)
+    except RequestShapeError as exc:
+        raise HTTPError(400, exc.message, param=exc.param, code=exc.code) from None
     return payload
 
 

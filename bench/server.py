@@ -224,6 +224,16 @@ def run_parts(args: argparse.Namespace) -> int:
                                                daemon=True)
     upstream.start()
     wait_port(up_port)
+    from bench.server_parts import micro
+
+    # in-process CPU per request for each part (best of 5): steady on a busy machine
+    micro_results = micro(up_port, args.micro_requests, 5)
+    print_micro(micro_results)
+    if args.micro_only:
+        upstream.terminate()
+        if args.json:
+            Path(args.json).write_text(json.dumps({"micro": micro_results}, indent=1))
+        return 0
     tmp = tempfile.mkdtemp(prefix="switchllm-bench-parts-")
     # rounds[r][name] = {"p50_ms": ..., "rps": ...}
     rounds: list[dict[str, dict[str, float]]] = []
@@ -259,8 +269,17 @@ def run_parts(args: argparse.Namespace) -> int:
         upstream.terminate()
     summary = summarise_parts(rounds, variants, args.clients)
     if args.json:
-        Path(args.json).write_text(json.dumps({"rounds": rounds, "summary": summary}, indent=1))
+        Path(args.json).write_text(json.dumps(
+            {"micro": micro_results, "rounds": rounds, "summary": summary}, indent=1))
     return 0
+
+
+def print_micro(results: dict[str, dict[str, float]]) -> None:
+    print("\nCPU us per request in one process, best of 5 (what each part costs):")
+    for group, rows in results.items():
+        base = next(iter(rows.values()))
+        for name, us in rows.items():
+            print(f"  {group:<10}{name:<18}{us:>8.1f} us  ({us - base:+.1f} us against the first)")
 
 
 def summarise_parts(rounds: list[dict[str, dict[str, float]]], variants: list[str],
@@ -331,6 +350,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="with --parts: rounds over every variant (medians are reported)")
     parser.add_argument("--json", default="", help="with --parts: write the numbers here")
+    parser.add_argument("--micro-requests", type=int, default=5000,
+                        help="with --parts: requests per in-process CPU measurement")
+    parser.add_argument("--micro-only", action="store_true",
+                        help="with --parts: only the in-process CPU measurements")
     args = parser.parse_args()
     if args.parts:
         return run_parts(args)

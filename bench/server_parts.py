@@ -98,6 +98,7 @@ def starlette_app(server: Any, asgi_endpoints: bool) -> Any:
 
     handler = _ASGIEndpoint(server) if asgi_endpoints else endpoint
     routes = [Route(path, handler, methods=["POST"]) for path in API_PATHS]
+    routes.append(Route("/health", handler, methods=["GET"]))  # for --micro
     return Starlette(routes=routes, lifespan=_lifespan(server))
 
 
@@ -114,6 +115,7 @@ def fastapi_app(server: Any) -> Any:
     chat.__annotations__ = {"request": Request}
     for path in API_PATHS:
         app.post(path)(chat)
+    app.get("/health")(chat)  # for --micro
     return app
 
 
@@ -248,6 +250,127 @@ def build(variant: str, upstream_port: int, log: str) -> Any:
     if variant == "fastapi":
         return fastapi_app(server)
     return server
+
+
+# ---- --micro: the CPU each part costs per request, in this process --------------------------
+# On a machine shared with other work, req/s moves by tens of percent between identical runs;
+# the CPU time one process spends per request (best of several repeats) barely moves.
+def _best_us(run: Any, requests: int, repeats: int) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.process_time()
+        run()
+        best = min(best, time.process_time() - started)
+    return best / requests * 1e6
+
+
+def micro_framework(requests: int, repeats: int) -> dict[str, float]:
+    """CPU us per GET /health through each app variant, driven as ASGI in memory (no sockets):
+    what the framework adds to every request."""
+    import tempfile
+
+    results = {}
+    log = str(Path(tempfile.mkdtemp(prefix="switchllm-micro-")) / "log.sqlite")
+    for variant in ("raw", "starlette-asgi", "starlette", "fastapi"):
+        app = build(variant, 9, log)
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": "/health", "raw_path": b"/health",
+                 "root_path": "", "query_string": b"", "server": ("127.0.0.1", 6060),
+                 "client": ("127.0.0.1", 5000), "headers": [(b"host", b"127.0.0.1:6060")]}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        statuses: set[int] = set()
+
+        async def send(message: MutableMapping[str, Any], statuses: set = statuses) -> None:
+            if message["type"] == "http.response.start":
+                statuses.add(message["status"])
+
+        async def many(app: Any = app, scope: dict = scope, send: Any = send) -> None:
+            for _ in range(requests):
+                await app(dict(scope), receive, send)
+
+        loop = asyncio.new_event_loop()
+        results[variant] = _best_us(lambda loop=loop, many=many: loop.run_until_complete(many()),
+                                    requests, repeats)
+        loop.close()
+        assert statuses == {200}, (variant, statuses)
+    return results
+
+
+def micro_clients(upstream_port: int, requests: int, repeats: int) -> dict[str, float]:
+    """CPU us this process spends per upstream call, http_pool against aiohttp, one at a time
+    and 64 at once, against a FakeUpstream in another process."""
+    import json
+
+    from switchllm.serving.http_pool import HTTPPool
+
+    target = Target.parse(f"http://127.0.0.1:{upstream_port}/v1/chat/completions")
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    body = json.dumps({"model": "strong", "messages": [{"role": "user", "content": "hi"}]}
+                      ).encode()
+    results = {}
+    for name in ("http_pool", "aiohttp"):
+        for clients in (1, 64):
+            loop = asyncio.new_event_loop()
+            pool = (HTTPPool() if name == "http_pool" else AiohttpPool(5.0, 60.0))
+
+            async def worker(n: int, pool: Any = pool) -> None:
+                for _ in range(n):
+                    response = await pool.request("POST", target, headers, body)
+                    assert response.status == 200
+
+            async def many(clients: int = clients) -> None:
+                await asyncio.gather(*(worker(requests // clients) for _ in range(clients)))
+
+            loop.run_until_complete(many())  # connect and warm up
+            results[f"{name} c={clients}"] = _best_us(
+                lambda loop=loop, many=many: loop.run_until_complete(many()), requests, repeats)
+            loop.run_until_complete(pool.aclose())
+            loop.close()
+    return results
+
+
+def micro_checks(requests: int, repeats: int) -> dict[str, float]:
+    """CPU us to parse and check one chat request: hand checks against pydantic."""
+    import json
+
+    body = json.dumps({"model": "router-random-0.5", "stream": False, "messages": [
+        {"role": "user", "content": "Question 5: explain TCP and UDP in 8 sentences."}]}).encode()
+    results = {}
+    hand = _hand_parse_request
+    for name, parse in (("hand checks", hand), ("pydantic", server_module._parse_request)):
+        results[name] = _best_us(lambda parse=parse: [parse(body) for _ in range(requests)],
+                                 requests, repeats)
+    return results
+
+
+def _hand_parse_request(body: bytes) -> dict[str, Any]:
+    """The hand-written chat request checks the server used before pydantic (for --micro)."""
+    HTTPError = server_module.HTTPError
+    payload = server_module._parse_object(body, "a JSON chat completion request")
+    messages = payload.get("messages")
+    if messages is None:
+        raise HTTPError(400, "'messages' is required", param="messages", code="missing_required")
+    if not isinstance(messages, list) or not messages:
+        raise HTTPError(400, "'messages' must be a non-empty list of messages", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise HTTPError(400, f"messages[{i}] must be an object with a 'role'",
+                            param=f"messages[{i}]")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise HTTPError(400, "'model' is required", param="model", code="missing_required")
+    return payload
+
+
+def micro(upstream_port: int, requests: int, repeats: int) -> dict[str, dict[str, float]]:
+    return {"framework": micro_framework(requests, repeats),
+            "client": micro_clients(upstream_port, requests, repeats),
+            "checks": micro_checks(requests, repeats)}
 
 
 def main() -> int:

@@ -6,17 +6,21 @@
 Every variant serves the same `SwitchServer` handlers for the random router against the same
 upstream; only the named part differs from the shipped server (`raw`):
 
-- `raw`: the shipped server: the raw ASGI app, `http_pool.py`, hand-written request checks,
-  uvicorn with uvloop + httptools;
+- `raw`: the shipped server: Starlette's router in front of ASGI-level handlers, `http_pool.py`,
+  pydantic request checks, uvicorn with uvloop + httptools;
+- `hand-dispatch`: the same with the hand-written if/elif path dispatch it replaced;
+- `hand-checks`: the same with the hand-written request checks pydantic replaced;
 - `asyncio+h11`, `asyncio+httptools`, `uvloop+h11`: uvicorn's other event loops and HTTP parsers
   (`uvicorn` without the `[standard]` extra runs asyncio + h11);
-- `starlette-asgi`: Starlette routing and its default middleware in front of the same ASGI
-  handlers (the cheapest port);
+- `starlette-asgi`: a whole Starlette app (its default middleware) in front of the same ASGI
+  handlers;
 - `starlette`: Starlette endpoints taking a `Request` and returning a `Response` (the idiomatic
   port);
 - `fastapi`: FastAPI path operations taking a `Request` and returning a `Response`;
 - `aiohttp`: aiohttp's client session in place of `http_pool.py`;
-- `pydantic`: request shapes checked by a pydantic model in place of the hand checks.
+
+Before the port, `raw` was the hand dispatch with hand checks; those runs are in
+docs/SERVING.md too.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from switchllm.serving.http_pool import (  # noqa: E402
 
 LOOPS = {"asyncio+h11": ("asyncio", "h11"), "asyncio+httptools": ("asyncio", "httptools"),
          "uvloop+h11": ("uvloop", "h11")}
-VARIANTS = ("raw", *LOOPS, "starlette-asgi", "starlette", "fastapi", "aiohttp", "pydantic")
+VARIANTS = ("raw", "hand-dispatch", "hand-checks", *LOOPS, "starlette-asgi", "starlette",
+            "fastapi", "aiohttp")
 API_PATHS = ("/v1/chat/completions", "/chat/completions")
 
 
@@ -201,35 +206,44 @@ class AiohttpPool:
         return Response(response.status, response.headers, data)
 
 
-# ---- pydantic request checks in place of the hand checks ----------------------------------
-def install_pydantic_checks() -> None:
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+# ---- the hand-written parts the shipped server replaced ----------------------------------
+def install_hand_checks() -> None:
+    server_module._parse_request = _hand_parse_request
 
-    class Message(BaseModel):
-        model_config = ConfigDict(extra="allow")
-        role: StrictStr
 
-    class ChatRequest(BaseModel):
-        model_config = ConfigDict(extra="allow")
-        model: StrictStr = Field(min_length=1)
-        messages: list[Message] = Field(min_length=1)
-        stream: StrictBool | None = None
+def hand_dispatch(server: Any) -> Any:
+    """The if/elif path dispatch the server had before Starlette's router, over the same
+    endpoints (`SwitchServer._serve` checks method, origin and key as before)."""
+    serve = server._serve
+    forwarded = server_module.FORWARDED
+    chat_paths = server_module.CHAT_PATHS
 
-    HTTPError = server_module.HTTPError
-    parse_object = server_module._parse_object
+    async def dispatch(scope: Any, receive: Any, send: Any) -> None:
+        path = scope["path"]
+        if path in chat_paths:
+            await serve(scope, receive, send, "POST", True, server._chat)
+        elif path in forwarded:
+            scope["path_params"] = {}
 
-    def parse_request(body: bytes) -> dict[str, Any]:
-        # JSON, depth and surrogate checks stay; pydantic replaces the shape checks
-        payload = parse_object(body, "a JSON chat completion request")
-        try:
-            ChatRequest.model_validate(payload)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(p) for p in error["loc"])
-            raise HTTPError(400, f"{where}: {error['msg']}", param=where) from None
-        return payload
+            async def forward(scope: Any, receive: Any, send: Any) -> None:
+                await server._forward_endpoint(forwarded[path], scope, receive, send)
 
-    server_module._parse_request = parse_request
+            await serve(scope, receive, send, "POST", True, forward)
+        elif path.startswith(("/v1/models/", "/models/")):
+            scope["path_params"] = {"model_id": path.partition("/models/")[2]}
+            await serve(scope, receive, send, "GET", True, server._model_endpoint)
+        elif path == "/v1/feedback":
+            await serve(scope, receive, send, "POST", True, server._feedback)
+        elif path == "/health":
+            await serve(scope, receive, send, "GET", False, server._health_endpoint)
+        elif path in ("/v1/models", "/models"):
+            await serve(scope, receive, send, "GET", True, server._models_endpoint)
+        elif path == "/metrics":
+            await serve(scope, receive, send, "GET", True, server._metrics_endpoint)
+        else:
+            await serve(scope, receive, send, None, False, server._not_found)
+
+    return dispatch
 
 
 def build(variant: str, upstream_port: int, log: str) -> Any:
@@ -237,9 +251,11 @@ def build(variant: str, upstream_port: int, log: str) -> Any:
         routers=["random"], strong_model="strong", weak_model="weak",
         base_url=f"http://127.0.0.1:{upstream_port}/v1", overrides={"log_path": log},
     )
-    if variant == "pydantic":
-        install_pydantic_checks()
+    if variant == "hand-checks":
+        install_hand_checks()
     server = create_app(config)
+    if variant == "hand-dispatch":
+        server._router = hand_dispatch(server)
     if variant == "aiohttp":
         upstreams = server.upstreams
         upstreams.client = AiohttpPool(config.connect_timeout, config.timeout)
@@ -273,7 +289,7 @@ def micro_framework(requests: int, repeats: int) -> dict[str, float]:
 
     results = {}
     log = str(Path(tempfile.mkdtemp(prefix="switchllm-micro-")) / "log.sqlite")
-    for variant in ("raw", "starlette-asgi", "starlette", "fastapi"):
+    for variant in ("hand-dispatch", "raw", "starlette-asgi", "starlette", "fastapi"):
         app = build(variant, 9, log)
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                  "method": "GET", "scheme": "http", "path": "/health", "raw_path": b"/health",
@@ -349,7 +365,7 @@ def micro_checks(requests: int, repeats: int) -> dict[str, float]:
 
 
 def _hand_parse_request(body: bytes) -> dict[str, Any]:
-    """The hand-written chat request checks the server used before pydantic (for --micro)."""
+    """The hand-written chat request checks the server had before pydantic."""
     HTTPError = server_module.HTTPError
     payload = server_module._parse_object(body, "a JSON chat completion request")
     messages = payload.get("messages")

@@ -191,6 +191,7 @@ def mf_available() -> str | None:
 # + httptools (uvicorn[standard]), Starlette's router, pydantic checks, http_pool.
 COMPARISONS = [("raw", "asyncio+h11"), ("asyncio+httptools", "asyncio+h11"),
                ("uvloop+h11", "asyncio+h11"), ("raw", "hand-dispatch"), ("raw", "hand-checks"),
+               ("raw", "random-on-thread"),
                ("starlette-asgi", "raw"), ("starlette", "raw"), ("fastapi", "raw"),
                ("aiohttp", "raw")]
 MAX_ADDED_P50_MS = 0.3

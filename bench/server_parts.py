@@ -10,6 +10,7 @@ upstream; only the named part differs from the shipped server (`raw`):
   pydantic request checks, uvicorn with uvloop + httptools;
 - `hand-dispatch`: the same with the hand-written if/elif path dispatch it replaced;
 - `hand-checks`: the same with the hand-written request checks pydantic replaced;
+- `random-on-thread`: the same with the random router run on its worker thread, as before;
 - `asyncio+h11`, `asyncio+httptools`, `uvloop+h11`: uvicorn's other event loops and HTTP parsers
   (`uvicorn` without the `[standard]` extra runs asyncio + h11);
 - `starlette-asgi`: a whole Starlette app (its default middleware) in front of the same ASGI
@@ -48,8 +49,8 @@ from switchllm.serving.http_pool import (  # noqa: E402
 
 LOOPS = {"asyncio+h11": ("asyncio", "h11"), "asyncio+httptools": ("asyncio", "httptools"),
          "uvloop+h11": ("uvloop", "h11")}
-VARIANTS = ("raw", "hand-dispatch", "hand-checks", *LOOPS, "starlette-asgi", "starlette",
-            "fastapi", "aiohttp")
+VARIANTS = ("raw", "hand-dispatch", "hand-checks", "random-on-thread", *LOOPS, "starlette-asgi",
+            "starlette", "fastapi", "aiohttp")
 API_PATHS = ("/v1/chat/completions", "/chat/completions")
 
 
@@ -256,6 +257,8 @@ def build(variant: str, upstream_port: int, log: str) -> Any:
     server = create_app(config)
     if variant == "hand-dispatch":
         server._router = hand_dispatch(server)
+    if variant == "random-on-thread":
+        server.routing.batchers["random"].inline = False
     if variant == "aiohttp":
         upstreams = server.upstreams
         upstreams.client = AiohttpPool(config.connect_timeout, config.timeout)
@@ -383,8 +386,30 @@ def _hand_parse_request(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def micro_routing(requests: int, repeats: int) -> dict[str, float]:
+    """CPU us per random-router decision: on the loop, and handed to the router's thread."""
+    from switchllm.serving.routing import AsyncRouting, RouterSet
+
+    results = {}
+    for name, inline in (("random inline", True), ("random on thread", False)):
+        routing = AsyncRouting(RouterSet(["random"]), "strong", "weak", 0.001)
+        routing.batchers["random"].inline = inline
+
+        async def many(routing: AsyncRouting = routing) -> None:
+            for i in range(requests):
+                await routing.decide("random", 0.5, f"prompt {i}")
+
+        loop = asyncio.new_event_loop()
+        results[name] = _best_us(lambda loop=loop, many=many: loop.run_until_complete(many()),
+                                 requests, repeats)
+        loop.close()
+        routing.close()
+    return results
+
+
 def micro(upstream_port: int, requests: int, repeats: int) -> dict[str, dict[str, float]]:
-    return {"framework": micro_framework(requests, repeats),
+    return {"routing": micro_routing(requests, repeats),
+            "framework": micro_framework(requests, repeats),
             "client": micro_clients(upstream_port, requests, repeats),
             "checks": micro_checks(requests, repeats)}
 

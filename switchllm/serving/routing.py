@@ -141,8 +141,16 @@ class MicroBatcher:
         self._scheduled = False
         self.batches = 0  # number of win_rate calls made, for tests and metrics
         self.largest_batch = 0
+        # The random router only draws a number: handing it to the worker thread and back
+        # costs far more than the draw (bench/server.py --parts, "routing"), so it runs inline.
+        self.inline = router.kind == "random"
 
     async def win_rate(self, prompt: str, pair: tuple[str | None, str | None]) -> float:
+        if self.inline:
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, 1)
+            rate = self._rates([prompt], pair)[0]
+            return rate if math.isfinite(rate) else 0.0
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float] = loop.create_future()
         self._pending.append((prompt, pair, future))

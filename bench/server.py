@@ -215,12 +215,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_parts(args: argparse.Namespace) -> int:
-    from bench.server_parts import VARIANTS
+    from bench.server_parts import VARIANTS, installed
 
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    for variant in [v for v in variants if not installed(v)]:
+        print(f"{variant}: skipped (not installed: pip install 'switchllm[bench]')")
+        variants.remove(variant)
     up_port = free_port()
     upstream = mp.get_context("spawn").Process(target=run_upstream, args=(up_port, 0.0),
                                                daemon=True)

@@ -52,6 +52,14 @@ LOOPS = {"asyncio+h11": ("asyncio", "h11"), "asyncio+httptools": ("asyncio", "ht
 VARIANTS = ("raw", "hand-dispatch", "hand-checks", "random-on-thread", *LOOPS, "starlette-asgi",
             "starlette", "fastapi", "aiohttp")
 API_PATHS = ("/v1/chat/completions", "/chat/completions")
+# variants whose part is not a switchllm dependency: `pip install switchllm[bench]`
+NEEDS = {"fastapi": "fastapi", "aiohttp": "aiohttp"}
+
+
+def installed(variant: str) -> bool:
+    from importlib.util import find_spec
+
+    return variant not in NEEDS or find_spec(NEEDS[variant]) is not None
 
 
 # ---- Starlette / FastAPI ------------------------------------------------------------------
@@ -293,6 +301,8 @@ def micro_framework(requests: int, repeats: int) -> dict[str, float]:
     results = {}
     log = str(Path(tempfile.mkdtemp(prefix="switchllm-micro-")) / "log.sqlite")
     for variant in ("hand-dispatch", "raw", "starlette-asgi", "starlette", "fastapi"):
+        if not installed(variant):
+            continue
         app = build(variant, 9, log)
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                  "method": "GET", "scheme": "http", "path": "/health", "raw_path": b"/health",
@@ -332,7 +342,7 @@ def micro_clients(upstream_port: int, requests: int, repeats: int) -> dict[str, 
     body = json.dumps({"model": "strong", "messages": [{"role": "user", "content": "hi"}]}
                       ).encode()
     results = {}
-    for name in ("http_pool", "aiohttp"):
+    for name in ("http_pool", "aiohttp") if installed("aiohttp") else ("http_pool",):
         for clients in (1, 64):
             loop = asyncio.new_event_loop()
             pool = (HTTPPool() if name == "http_pool" else AiohttpPool(5.0, 60.0))

@@ -2,6 +2,13 @@
 Starlette's router, its handlers ASGI-level (a stream relays upstream events to `send` as they
 arrive and watches `receive` for the client hanging up).
 
+Endpoints (`SwitchServer._routes`): POST /v1/chat/completions (streaming and not), POST
+/v1/feedback, GET /v1/models, GET /health, GET /metrics, and the forwarded OpenAI endpoints. Every
+chat response carries `x-switchllm-request-id`, the id that feedback refers to. The request body
+is forwarded untouched except for `model`; the model that answered appears in the response
+`model` field, in every stream chunk and in `x-switchllm-*` response headers together with the
+router's win rate.
+
 The parts were chosen by measurement (`bench/server.py --parts`, docs/SERVING.md, Performance;
 issue 7's rule: a well-kept part is taken when it costs at most 0.3 ms p50 at concurrency 1 and
 10% req/s at 64 clients). Against the hand-written if/elif dispatch it replaced, Starlette's

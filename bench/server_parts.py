@@ -397,23 +397,28 @@ def _hand_parse_request(body: bytes) -> dict[str, Any]:
 
 
 def micro_routing(requests: int, repeats: int) -> dict[str, float]:
-    """CPU us per random-router decision: on the loop, and handed to the router's thread."""
+    """CPU us per random-router decision, one at a time and 64 at once: on the event loop, and
+    handed to the router's worker thread (where 64 at once share a batch)."""
     from switchllm.serving.routing import AsyncRouting, RouterSet
 
     results = {}
     for name, inline in (("random inline", True), ("random on thread", False)):
-        routing = AsyncRouting(RouterSet(["random"]), "strong", "weak", 0.001)
-        routing.batchers["random"].inline = inline
+        for clients in (1, 64):
+            routing = AsyncRouting(RouterSet(["random"]), "strong", "weak", 0.001)
+            routing.batchers["random"].inline = inline
 
-        async def many(routing: AsyncRouting = routing) -> None:
-            for i in range(requests):
-                await routing.decide("random", 0.5, f"prompt {i}")
+            async def worker(n: int, routing: AsyncRouting = routing) -> None:
+                for i in range(n):
+                    await routing.decide("random", 0.5, f"prompt {i}")
 
-        loop = asyncio.new_event_loop()
-        results[name] = _best_us(lambda loop=loop, many=many: loop.run_until_complete(many()),
-                                 requests, repeats)
-        loop.close()
-        routing.close()
+            async def many(clients: int = clients) -> None:
+                await asyncio.gather(*(worker(requests // clients) for _ in range(clients)))
+
+            loop = asyncio.new_event_loop()
+            results[f"{name} c={clients}"] = _best_us(
+                lambda loop=loop, many=many: loop.run_until_complete(many()), requests, repeats)
+            loop.close()
+            routing.close()
     return results
 
 

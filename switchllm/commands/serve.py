@@ -108,6 +108,17 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
     return config
 
 
+def uvicorn_parts() -> dict[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (the `uvicorn[standard]`
+    extra, a dependency) when importable, else asyncio and h11 (uvloop has no Windows build).
+    Measured with `bench/server.py --parts` (docs/SERVING.md, Performance): they serve more
+    req/s at 64 clients than asyncio + h11, at lower latency."""
+    from importlib.util import find_spec
+
+    return {"loop": "uvloop" if find_spec("uvloop") else "asyncio",
+            "http": "httptools" if find_spec("httptools") else "h11"}
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -145,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                            args.ray_address)
     options = {"host": config.host, "port": config.port, "log_level": "warning",
                "access_log": False, "lifespan": "on", "timeout_keep_alive": 30,
+               **uvicorn_parts(),
                "timeout_graceful_shutdown": config.shutdown_grace_s}
     if args.workers > 1:
         from switchllm.serving.workers import run_workers

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from switchllm.errors import SwitchLLMError
+from switchllm.serving.config_models import LogSettings, ModelSettings, ServerSettings, validated
 from switchllm.serving.log_store import is_database_url
 
 DEFAULT_PORT = 6060
@@ -245,17 +246,6 @@ def content_text(content: Any) -> str:
 
 
 # ---- loading -------------------------------------------------------------------------------
-_SERVER_KEYS = {
-    "host": str, "port": int, "timeout": float, "connect_timeout": float, "retries": int,
-    "backoff": float, "max_body_bytes": int, "batch_window_ms": float, "router_threads": int,
-    "max_prompt_chars": int, "shutdown_grace_s": float, "allowed_hosts": list,
-}
-_MODEL_KEYS = {
-    "base_url": str, "api_key_env": str, "upstream_model": str, "input_price": float,
-    "output_price": float, "output_tokens": float,
-}
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
@@ -323,24 +313,12 @@ def build_config(
     if not isinstance(model_section, Mapping):
         raise ConfigError(f"{where}: models must be a mapping of model name -> settings")
     for name, settings in model_section.items():
-        settings = settings or {}
-        if not isinstance(settings, Mapping):
-            raise ConfigError(f"{where}: models.{name} must be a mapping")
-        kwargs: dict[str, Any] = {}
-        for key, value in settings.items():
-            if key == "api_key":
-                raise ConfigError(
-                    f"{where}: models.{name}.api_key: put keys in an environment variable and "
-                    "name it with api_key_env; keys never belong in config files"
-                )
-            if key not in _MODEL_KEYS:
-                raise ConfigError(
-                    f"{where}: models.{name}: unknown setting {key!r} "
-                    f"(known: {', '.join(_MODEL_KEYS)})"
-                )
-            kwargs[key] = _typed(value, _MODEL_KEYS[key], f"{where}: models.{name}.{key}")
-        if kwargs.get("input_price", 0) < 0 or kwargs.get("output_price", 0) < 0:
-            raise ConfigError(f"{where}: models.{name}: prices must not be negative")
+        if isinstance(settings, Mapping) and "api_key" in settings:
+            raise ConfigError(
+                f"{where}: models.{name}.api_key: put keys in an environment variable and "
+                "name it with api_key_env; keys never belong in config files"
+            )
+        kwargs = validated(ModelSettings, settings or {}, f"{where}: models.{name}", ConfigError)
         models[str(name)] = ModelSpec(name=str(name), **kwargs)
 
     strong = strong_model or raw.get("strong_model")
@@ -361,31 +339,18 @@ def build_config(
         ):
             spec.api_key_env = "OPENAI_API_KEY"
 
-    server = raw.get("server") or {}
-    log = raw.get("log") or {}
-    if not isinstance(server, Mapping) or not isinstance(log, Mapping):
-        raise ConfigError(f"{where}: server and log must be mappings")
-    kwargs = {}
-    for key, value in server.items():
-        if key not in _SERVER_KEYS:
-            raise ConfigError(f"{where}: server: unknown setting {key!r}")
-        if key == "allowed_hosts":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where}: server.allowed_hosts must be a list of host names")
-            kwargs[key] = value
-            continue
-        kwargs[key] = _typed(value, _SERVER_KEYS[key], f"{where}: server.{key}")
+    kwargs = validated(ServerSettings, raw.get("server") or {}, f"{where}: server", ConfigError)
+    log = validated(LogSettings, raw.get("log") or {}, f"{where}: log", ConfigError)
     if "path" in log:
         kwargs["log_path"] = None if log["path"] in (None, False, "") else str(log["path"])
     if "url" in log:
-        kwargs["log_url"] = (None if log["url"] in (None, False, "")
-                             else _typed(log["url"], str, f"{where}: log.url"))
-    if "buffer_rows" in log:
-        kwargs["log_buffer_rows"] = _typed(log["buffer_rows"], int, f"{where}: log.buffer_rows")
-    if "prompts" in log:
-        kwargs["log_prompts"] = bool(log["prompts"])
-    if "flush_ms" in log:
-        kwargs["log_flush_ms"] = _typed(log["flush_ms"], float, f"{where}: log.flush_ms")
+        kwargs["log_url"] = None if log["url"] in (None, False, "") else str(log["url"])
+    if log.get("buffer_rows") is not None:
+        kwargs["log_buffer_rows"] = log["buffer_rows"]
+    if log.get("prompts") is not None:
+        kwargs["log_prompts"] = log["prompts"]
+    if log.get("flush_ms") is not None:
+        kwargs["log_flush_ms"] = log["flush_ms"]
     for key, value in (overrides or {}).items():
         if value is not None:
             kwargs[key] = value
@@ -407,19 +372,6 @@ def _routes(section: Any, models: dict[str, ModelSpec], where: str) -> dict[str,
     from switchllm.serving.groups import parse_routes
 
     return parse_routes(section, models, where)
-
-
-def _typed(value: Any, kind: type, where: str) -> Any:
-    try:
-        if kind is str:
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-        if isinstance(value, bool):
-            raise TypeError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be a {kind.__name__}, got {value!r}") from None
 
 
 def client_api_keys(flag_value: str | None) -> list[str]:

@@ -88,13 +88,22 @@ def _kind_and_params(spec: str) -> tuple[str, dict[str, Any]]:
     """Router kind and hyper-parameters to train afresh: a kind name (default parameters) or a
     card directory (its type and parameters)."""
     if spec in ROUTER_KINDS:
-        return spec, {}
-    path = Path(spec)
-    if path.is_dir():
-        card, _ = read_card(path)
-        return card["type"], dict(card.get("params", {}))
-    load_router(spec)  # raises the registry's error naming the known routers
-    raise SwitchLLMError(f"cannot retrain router {spec!r}")
+        kind, params = spec, {}
+        if kind == "ensemble":  # the shipped ensemble's members, not the class defaults
+            from switchllm.routers import DEFAULTS_DIR
+
+            if (DEFAULTS_DIR / kind / "router.json").is_file():
+                card, _ = read_card(DEFAULTS_DIR / kind)
+                params = dict(card.get("params", {}))
+    elif Path(spec).is_dir():
+        card, _ = read_card(Path(spec))
+        kind, params = card["type"], dict(card.get("params", {}))
+    else:
+        load_router(spec)  # raises the registry's error naming the known routers
+        raise SwitchLLMError(f"cannot retrain router {spec!r}")
+    if kind == "ensemble":  # retrained members: the shipped ones saw the benchmark's prompts
+        params["train_members"] = True
+    return kind, params
 
 
 def _cv_win_rates(kind: str, params: dict[str, Any], benchmark: Benchmark, rows: np.ndarray,

@@ -31,7 +31,7 @@ from switchllm.routers.ensemble import EnsembleRouter, fit_stacking_weights, sta
 from switchllm.training import apgr, pair_gains, split_by_prompt
 
 CANDIDATE_MEMBERS = ("knn", "mf", "sw_ranking", "bert", "causal_llm")
-L2_GRID = (0.1, 1.0, 10.0, 100.0)
+L2_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
 FOLDS = 5
 SEED = 0
 
@@ -138,7 +138,7 @@ def main() -> None:
         "validation": {"cv_" + k: v for k, v in score.items()},
     })
     path = ensemble.save(DEFAULTS_DIR / "ensemble")
-    weights = dict(zip(best["members"], ensemble.weights.round(4), strict=True))
+    weights = {m: round(float(w), 4) for m, w in zip(best["members"], ensemble.weights, strict=True)}
     print(f"wrote {path}: weights {weights}")
 
 

@@ -184,3 +184,26 @@ def test_retraining_modes_train_fresh_members() -> None:
     kind, params = _kind_and_params("ensemble")
     assert kind == "ensemble" and params["train_members"] is True
     assert mmlu_battles()  # the fixture data exists
+
+
+def test_eval_combines_members_already_evaluated(frozen: EnsembleRouter, member_cards,
+                                                 tmp_path, monkeypatch) -> None:
+    from switchllm.evaluation.own_data import benchmark_from_battles
+    from switchllm.evaluation.runner import evaluate
+    from switchllm.routers.knn import KNNRouter
+
+    paths, _ = member_cards
+    frozen.save(tmp_path / "ens")
+    _, test = mmlu_split()
+    bench = benchmark_from_battles("sample", test, STRONG, WEAK, "MMLU sample")
+    alone = evaluate(bench, [str(tmp_path / "ens")], STRONG, WEAK)
+    calls = []
+    original = KNNRouter.win_rate
+    monkeypatch.setattr(KNNRouter, "win_rate",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    together = evaluate(bench, [*map(str, paths), str(tmp_path / "ens")], STRONG, WEAK)
+    assert len(calls) == 1  # knn scored the prompts once, for itself and for the ensemble
+    key = str(tmp_path / "ens")
+    np.testing.assert_allclose(together["routers"][key]["curve"]["quality"],
+                               alone["routers"][key]["curve"]["quality"], atol=1e-9)
+    assert together["routers"][key]["apgr"] == pytest.approx(alone["routers"][key]["apgr"])

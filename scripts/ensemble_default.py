@@ -138,7 +138,8 @@ def main() -> None:
         "validation": {"cv_" + k: v for k, v in score.items()},
     })
     path = ensemble.save(DEFAULTS_DIR / "ensemble")
-    weights = {m: round(float(w), 4) for m, w in zip(best["members"], ensemble.weights, strict=True)}
+    weights = {m: round(float(w), 4)
+               for m, w in zip(best["members"], ensemble.weights, strict=True)}
     print(f"wrote {path}: weights {weights}")
 
 

@@ -118,6 +118,8 @@ def test_a_changed_member_is_refused(member_cards, tmp_path) -> None:
 def test_trained_members_are_saved_inside_the_card(tmp_path) -> None:
     train, test = mmlu_split()
     router = EnsembleRouter(members=["knn", "sw_ranking"], train_members=True).fit(train)
+    # cross-fitted: the weights saw every battle, each scored by members that never saw it
+    assert router.card_info["member_fit"]["battles"] == int((train.model_a != train.model_b).sum())
     router.save(tmp_path / "ens")
     card = json.loads((tmp_path / "ens" / "router.json").read_text())
     assert [m["card"] for m in card["member_cards"]] == ["members/0-knn",

@@ -17,8 +17,9 @@ its training prompts (knn) looks perfect on them and would take all the weight. 
   "knn", or a card directory), frozen; `fit(battles)` learns only the weights, so `battles` must
   be prompts no member trained on (`scripts/train_defaults.py ensemble` uses the prompts every
   shipped card held out for validation).
-- `train_members=True`: `fit(battles)` trains fresh members of the members' kinds on a
-  `member_val_fraction` share of the prompts less, fits the weights on the held-out rest, then
+- `train_members=True`: `fit(battles)` cross-fits: it splits the prompts into `member_folds`
+  folds, trains fresh members of the members' kinds on all folds but one and asks them about
+  the one left out, fits the weights on those out-of-fold win rates of every battle, then
   retrains the members on all of `battles` (what `switchllm eval --cv` and `--leave-out` use).
 
 The card (`router.json` + `weights.safetensors`) names its member cards and the SHA-256 of each
@@ -90,19 +91,18 @@ def _newton_logistic(x: np.ndarray, y: np.ndarray, s: np.ndarray, l2: float,
 
 class EnsembleRouter(Router):
     kind = "ensemble"
-    params: ClassVar[tuple[str, ...]] = ("members", "l2", "train_members",
-                                         "member_val_fraction", "seed")
+    params: ClassVar[tuple[str, ...]] = ("members", "l2", "train_members", "member_folds",
+                                         "seed")
 
     def __init__(self, members: Sequence[str] = ("knn", "mf", "sw_ranking"), l2: float = 1.0,
-                 train_members: bool = False, member_val_fraction: float = 0.2,
-                 seed: int = 0) -> None:
+                 train_members: bool = False, member_folds: int = 5, seed: int = 0) -> None:
         super().__init__()
         if isinstance(members, str):
             members = [m for m in members.split(",") if m.strip()]
         self.members = [str(m).strip() for m in members]  # member card names or directories
         self.l2 = float(l2)
         self.train_members = bool(train_members)
-        self.member_val_fraction = float(member_val_fraction)
+        self.member_folds = int(member_folds)
         self.seed = int(seed)
         if not self.members:
             raise ValueError("an ensemble needs at least one member")
@@ -112,8 +112,8 @@ class EnsembleRouter(Router):
             raise ValueError("an ensemble cannot be a member of an ensemble")
         if not np.isfinite(self.l2) or self.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {l2}")
-        if not 0.0 < self.member_val_fraction < 1.0:
-            raise ValueError(f"member_val_fraction must be in (0, 1), got {member_val_fraction}")
+        if self.member_folds < 2:
+            raise ValueError(f"member_folds must be at least 2, got {member_folds}")
         self.weights = np.zeros(0)  # one per member; empty: not fitted
         self._routers: list[Router] | None = None  # loaded or trained members
 
@@ -191,19 +191,23 @@ class EnsembleRouter(Router):
     def fit(self, battles: Battles, progress: bool = False) -> EnsembleRouter:
         """Learn the weights on `battles` (held out from every member); with `train_members`,
         first train the members on the rest of the prompts (then retrain them on all)."""
-        from switchllm.training import split_by_prompt
-
         if len(battles) == 0:
             raise DataError("no battles to train on")
         if not self.train_members:
             routers = self.member_routers()
             self.weights = self.fit_weights(routers, battles)
             return self
-        member_train, held_out = split_by_prompt(battles, self.member_val_fraction, self.seed)
-        if held_out is None:
-            raise DataError("too few prompts to hold some out for the ensemble's weights")
-        routers = [train_member(spec, member_train, progress) for spec in self.members]
-        self.weights = self.fit_weights(routers, held_out)
+        # Cross-fitting: every prompt's member win rates come from members trained on the other
+        # folds, so the weights are fitted on all of `battles`, none of it seen by its members.
+        fold = prompt_folds(len(battles.prompts), self.member_folds, self.seed)
+        parts = []
+        for k in range(self.member_folds):
+            routers = [train_member(spec, battles.select_prompts(fold != k), progress)
+                       for spec in self.members]
+            parts.append(stacking_features(routers, battles.select_prompts(fold == k)))
+        x, y, s = (np.concatenate([part[i] for part in parts]) for i in range(3))
+        self.weights = fit_stacking_weights(x, y, s, self.l2)
+        self._record_fit(len(y), len(battles.prompts), self.weights)
         routers = [train_member(spec, battles, progress) for spec in self.members]
         self.set_members(routers)
         self.card_info["member_cards"] = [{"name": spec, "kind": r.kind}
@@ -215,12 +219,16 @@ class EnsembleRouter(Router):
         log-loss on the card (`member_fit`)."""
         x, y, s = stacking_features(routers, battles)
         weights = fit_stacking_weights(x, y, s, self.l2)
-        self.card_info["member_fit"] = {
-            "battles": len(y), "prompts": len(battles.prompts),
-            "weights": {m: round(float(w), 5) for m, w in zip(self.members, weights, strict=True)},
-        }
+        self._record_fit(len(y), len(battles.prompts), weights)
         self.set_members(routers)
         return weights
+
+    def _record_fit(self, n_battles: int, n_prompts: int, weights: np.ndarray) -> None:
+        self.card_info["member_fit"] = {
+            "battles": n_battles, "prompts": n_prompts,
+            "member_folds": self.member_folds if self.train_members else None,
+            "weights": {m: round(float(w), 5) for m, w in zip(self.members, weights, strict=True)},
+        }
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -262,6 +270,15 @@ class EnsembleRouter(Router):
         if not np.isfinite(weights).all():
             raise CardError("ensemble router card has non-finite weights")
         self.weights = np.asarray(weights, dtype=np.float64)
+
+
+def prompt_folds(n_prompts: int, folds: int, seed: int) -> np.ndarray:
+    """A fold number per prompt, folds as equal as can be, in a seeded random order."""
+    if n_prompts < folds:
+        raise DataError(f"only {n_prompts} prompts: too few for {folds} member folds")
+    fold = np.empty(n_prompts, dtype=np.int64)
+    fold[np.random.default_rng(seed).permutation(n_prompts)] = np.arange(n_prompts) % folds
+    return fold
 
 
 def member_directory(record: dict[str, Any], ensemble_dir: str | Path | None) -> Path:

@@ -174,6 +174,16 @@ def test_train_command_fits_weights_on_data_the_members_never_saw(tmp_path, caps
     assert main(["train", "ensemble", "--members", members, "--data", str(first),
                  "--output", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "was trained on" in capsys.readouterr().err
+    # the shipped knn trained on the shipped MMLU results, which hold these prompts
+    assert main(["train", "ensemble", "--members", "knn", "--data", str(second),
+                 "--output", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "'knn' was trained on" in capsys.readouterr().err
+    assert main(["train", "ensemble", "--members", members, "--data", str(second),
+                 "--with-shipped", "--output", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "--train-members" in capsys.readouterr().err
+    assert main(["train", "ensemble", "--members", "knn,sw_ranking", "--train-members",
+                 "--data", str(second), "--output", str(tmp_path / "fresh"), "--quiet"]) == 0
+    assert (tmp_path / "fresh" / "members" / "0-knn" / "router.json").is_file()
     assert main(["train", "ensemble", "--members", "knn,nope", "--data", str(second),
                  "--output", str(tmp_path / "bad"), "--quiet"]) == 2
     assert main(["train", "knn", "--members", "knn", "--data", str(second),

@@ -175,15 +175,31 @@ def _ensemble_params(args: argparse.Namespace) -> dict:
 
 def _refuse_member_training_prompts(members: list[str], prompts: list[str]) -> None:
     """The ensemble's weights must be fitted on prompts no member trained on: a member looks
-    best on what it memorised. Cards record digests of their users' training prompts."""
-    from switchllm.data.own_data import prompt_digest
-    from switchllm.routers import load_router
+    best on what it memorised. Cards record digests of their users' training prompts and the
+    shipped sets they trained on."""
+    from pathlib import Path
 
-    digests = {prompt_digest(p) for p in prompts}
+    from switchllm.data.benchmarks import (
+        DEFAULT_TRAINING_EXCLUDE,
+        TRAINING_SOURCES,
+        shipped_training_battles,
+    )
+    from switchllm.data.own_data import prompt_digest, shipped_sets
+    from switchllm.routers import DEFAULTS_DIR, load_router
+
+    unique = set(prompts)
     for member in members:
-        trained = set(load_router(member).card_info.get("training", {}).get("prompt_digests")
-                      or [])
-        overlap = len(digests & trained)
+        router = load_router(member)
+        training = router.card_info.get("training", {})
+        trained = set(training.get("prompt_digests") or [])
+        shipped: set[str] = set()
+        sets = set(training.get("shipped_sets") or [])
+        if "shipped_sets" not in training and Path(router.card_info.get("path", "")).resolve(
+                ).parent == DEFAULTS_DIR.resolve():  # defaults made before cards recorded it
+            sets = set(shipped_sets(DEFAULT_TRAINING_EXCLUDE))
+        if sets:  # the shipped sets it trained on (e.g. a shipped default's)
+            shipped = set(shipped_training_battles(set(TRAINING_SOURCES) - sets).prompts)
+        overlap = sum(p in shipped or prompt_digest(p) in trained for p in unique)
         if overlap:
             raise SwitchLLMError(
                 f"ensemble member {member!r} was trained on {overlap} of these prompts: fit the "

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "on (or use --train-members)")
     parser.add_argument("--train-members", action="store_true",
                         help="ensemble: train fresh members of the members' kinds on --data "
-                             "too (weights on a held-out share of it); saved inside the card")
+                             "too (cross-fitted: the weights see each battle scored by members "
+                             "trained without it); saved inside the card")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from switchllm.data.battles import Battles
 from switchllm.data.benchmarks import DEFAULT_TRAINING_EXCLUDE, router_training_battles
 from switchllm.data.own_data import shipped_sets, training_provenance
 from switchllm.routers import DEFAULTS_DIR
@@ -28,6 +29,18 @@ from switchllm.training import train_router
 KINDS = ("mf", "sw_ranking", "knn", "bert")
 BERT_PROMPTS = 4000  # ~10 minutes of CPU fine-tuning
 SEED = 0
+
+
+def training_data(kind: str, battles: Battles, bert_prompts: int = BERT_PROMPTS) -> Battles:
+    """What the default `kind` card is trained on (before its 5% validation split): all of
+    `battles`, or for bert a seeded sample of prompts (also used by ensemble_default.py to
+    find the prompts a card never saw)."""
+    if kind != "bert" or len(battles.prompts) <= bert_prompts:
+        return battles
+    rng = np.random.default_rng(SEED)
+    keep = np.zeros(len(battles.prompts), dtype=bool)
+    keep[rng.choice(len(battles.prompts), bert_prompts, replace=False)] = True
+    return battles.select_prompts(keep)
 
 
 def main() -> None:
@@ -40,12 +53,7 @@ def main() -> None:
     print(f"training data: {len(battles.prompts)} prompts, {len(battles)} battles, "
           f"{len(battles.models)} models")
     for kind in args.kinds:
-        data = battles
-        if kind == "bert" and len(battles.prompts) > args.bert_prompts:
-            rng = np.random.default_rng(SEED)
-            keep = np.zeros(len(battles.prompts), dtype=bool)
-            keep[rng.choice(len(battles.prompts), args.bert_prompts, replace=False)] = True
-            data = battles.select_prompts(keep)
+        data = training_data(kind, battles, args.bert_prompts)
         started = time.perf_counter()
         result = train_router(kind, data, DEFAULTS_DIR / kind, val_fraction=0.05, seed=SEED,
                               share_shipped_embeddings=True,

@@ -56,9 +56,10 @@ def predict_battles(router: Router, battles: Battles) -> np.ndarray:
     embeddings = (router.embed(battles.prompts) if isinstance(router, EmbeddingRouter)
                   else None)
     out = np.empty(len(battles))
-    if embeddings is not None and router.scores_are_logits:
+    if getattr(router, "scores_are_logits", False):  # one scoring pass answers every pair
         index = np.array([router.models.index(m) for m in battles.models])
-        scores = router.model_scores_from_embeddings(embeddings)[:, index]
+        scores = (router.model_scores_from_embeddings(embeddings) if embeddings is not None
+                  else router.model_scores(battles.prompts))[:, index]
         rows = battles.prompt_idx
         diff = scores[rows, battles.model_a] - scores[rows, battles.model_b]
         return 1.0 / (1.0 + np.exp(-diff))

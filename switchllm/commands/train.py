@@ -15,7 +15,7 @@ from switchllm.data.own_data import DEFAULT_USER_WEIGHT
 from switchllm.errors import SwitchLLMError
 from switchllm.serving.config import DEFAULT_LOG_PATH
 
-TRAINABLE = ("sw_ranking", "mf", "knn", "bert", "causal_llm")
+TRAINABLE = ("sw_ranking", "mf", "knn", "bert", "causal_llm", "ensemble")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the model with the worst mean result)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="router hyper-parameter, repeatable (see docs/ROUTERS.md)")
+    parser.add_argument("--members", default=None, metavar="A,B,...",
+                        help="ensemble: member routers, comma-separated (shipped default names "
+                             "or card directories; default knn,mf,sw_ranking). The ensemble's "
+                             "weights are fitted on --data, which no member may have trained "
+                             "on (or use --train-members)")
+    parser.add_argument("--train-members", action="store_true",
+                        help="ensemble: train fresh members of the members' kinds on --data "
+                             "too (cross-fitted: the weights see each battle scored by members "
+                             "trained without it); saved inside the card")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -60,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     from switchllm.training import parse_params, train_router
 
     params = parse_params(args.router, args.param)
+    if args.router == "ensemble":
+        params.update(_ensemble_params(args))
+    elif args.members is not None or args.train_members:
+        raise SwitchLLMError("--members and --train-members are for `switchllm train ensemble`")
     if not args.data and args.from_log is None:
         raise SwitchLLMError("no training data: give --data FILE ... and/or --from-log [LOG]")
     if args.weight is not None and not args.with_shipped:
@@ -89,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     battles = parts[0]
     for part in parts[1:]:
         battles = battles.concat(part)
+    if args.router == "ensemble" and not params.get("train_members") and args.with_shipped:
+        raise SwitchLLMError("--with-shipped trains on the shipped sets, which the shipped "
+                             "members already saw: add --train-members, or drop --with-shipped")
+    if args.router == "ensemble" and not params.get("train_members"):
+        _refuse_member_training_prompts(params["members"], battles.prompts)
     extend, provenance = _with_shipped(args, battles)
     print(f"training {args.router} on {len(battles.prompts)} prompts, {len(battles)} battles, "
           f"{len(battles.models)} models")
@@ -139,3 +157,54 @@ def _with_shipped(args: argparse.Namespace, battles: Battles
     provenance = training_provenance(battles.prompts, shipped_sets(DEFAULT_TRAINING_EXCLUDE))
     provenance["user_weight"] = weight
     return extend, provenance
+
+
+def _ensemble_params(args: argparse.Namespace) -> dict:
+    from switchllm.routers.ensemble import load_member
+
+    params: dict = {"train_members": bool(args.train_members)}
+    if args.members is not None:
+        members = [m.strip() for m in args.members.split(",") if m.strip()]
+        if not members:
+            raise SwitchLLMError("--members needs at least one router name or card directory")
+        params["members"] = members
+    if not params["train_members"]:
+        from switchllm.routers.ensemble import EnsembleRouter
+
+        for member in params.get("members", EnsembleRouter().members):
+            load_member(member)  # fail now on a name that is neither a card nor a default
+        params.setdefault("members", EnsembleRouter().members)
+    return params
+
+
+def _refuse_member_training_prompts(members: list[str], prompts: list[str]) -> None:
+    """The ensemble's weights must be fitted on prompts no member trained on: a member looks
+    best on what it memorised. Cards record digests of their users' training prompts and the
+    shipped sets they trained on."""
+    from pathlib import Path
+
+    from switchllm.data.benchmarks import (
+        DEFAULT_TRAINING_EXCLUDE,
+        TRAINING_SOURCES,
+        shipped_training_battles,
+    )
+    from switchllm.data.own_data import prompt_digest, shipped_sets
+    from switchllm.routers import DEFAULTS_DIR, load_router
+
+    unique = set(prompts)
+    for member in members:
+        router = load_router(member)
+        training = router.card_info.get("training", {})
+        trained = set(training.get("prompt_digests") or [])
+        shipped: set[str] = set()
+        sets = set(training.get("shipped_sets") or [])
+        if "shipped_sets" not in training and Path(router.card_info.get("path", "")).resolve(
+                ).parent == DEFAULTS_DIR.resolve():  # defaults made before cards recorded it
+            sets = set(shipped_sets(DEFAULT_TRAINING_EXCLUDE))
+        if sets:  # the shipped sets it trained on (e.g. a shipped default's)
+            shipped = set(shipped_training_battles(set(TRAINING_SOURCES) - sets).prompts)
+        overlap = sum(p in shipped or prompt_digest(p) in trained for p in unique)
+        if overlap:
+            raise SwitchLLMError(
+                f"ensemble member {member!r} was trained on {overlap} of these prompts: fit the "
+                "ensemble on data no member saw, or pass --train-members to train fresh members")

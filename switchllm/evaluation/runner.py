@@ -88,13 +88,22 @@ def _kind_and_params(spec: str) -> tuple[str, dict[str, Any]]:
     """Router kind and hyper-parameters to train afresh: a kind name (default parameters) or a
     card directory (its type and parameters)."""
     if spec in ROUTER_KINDS:
-        return spec, {}
-    path = Path(spec)
-    if path.is_dir():
-        card, _ = read_card(path)
-        return card["type"], dict(card.get("params", {}))
-    load_router(spec)  # raises the registry's error naming the known routers
-    raise SwitchLLMError(f"cannot retrain router {spec!r}")
+        kind, params = spec, {}
+        if kind == "ensemble":  # the shipped ensemble's members, not the class defaults
+            from switchllm.routers import DEFAULTS_DIR
+
+            if (DEFAULTS_DIR / kind / "router.json").is_file():
+                card, _ = read_card(DEFAULTS_DIR / kind)
+                params = dict(card.get("params", {}))
+    elif Path(spec).is_dir():
+        card, _ = read_card(Path(spec))
+        kind, params = card["type"], dict(card.get("params", {}))
+    else:
+        load_router(spec)  # raises the registry's error naming the known routers
+        raise SwitchLLMError(f"cannot retrain router {spec!r}")
+    if kind == "ensemble":  # retrained members: the shipped ones saw the benchmark's prompts
+        params["train_members"] = True
+    return kind, params
 
 
 def _cv_win_rates(kind: str, params: dict[str, Any], benchmark: Benchmark, rows: np.ndarray,
@@ -122,14 +131,23 @@ def _cv_win_rates(kind: str, params: dict[str, Any], benchmark: Benchmark, rows:
 
 
 def router_win_rates(spec: str, benchmark: Benchmark, rows: np.ndarray, strong: str, weak: str,
-                     settings: EvalSettings) -> tuple[str, np.ndarray]:
-    """(name in the results, win rates on benchmark prompts `rows`)."""
+                     settings: EvalSettings, known: dict[Path, np.ndarray] | None = None
+                     ) -> tuple[str, np.ndarray]:
+    """(name in the results, win rates on benchmark prompts `rows`). `known`: win rates of
+    cards already evaluated on the same rows and pair, by card directory; plain mode adds to
+    it, and an ensemble whose members are all in it combines their rates instead of asking
+    them again."""
     prompts = [benchmark.prompts[i] for i in rows]
     if spec == "random":
         return spec, win_rates(router_class("random")(seed=settings.seed), prompts, strong, weak)
     if settings.mode == "plain":
-        return spec, win_rates(load_router(spec), prompts, strong, weak, settings.batch_size,
-                               desc=spec)
+        router = load_router(spec)
+        rates = _ensemble_from_members(router, known or {})
+        if rates is None:
+            rates = win_rates(router, prompts, strong, weak, settings.batch_size, desc=spec)
+        if known is not None and router.card_info.get("path"):
+            known[Path(router.card_info["path"]).resolve()] = rates
+        return spec, rates
     kind, params = _kind_and_params(spec)
     if settings.mode == "cv":
         name = f"{spec} (cv{settings.cv_folds})"
@@ -141,6 +159,19 @@ def router_win_rates(spec: str, benchmark: Benchmark, rows: np.ndarray, strong: 
         return (f"{spec} (leave-out)",
                 win_rates(router, prompts, strong, weak, settings.batch_size, desc=spec))
     raise SwitchLLMError(f"unknown evaluation mode {settings.mode!r}; known: {', '.join(MODES)}")
+
+
+def _ensemble_from_members(router: Router, known: dict[Path, np.ndarray]) -> np.ndarray | None:
+    """An ensemble's win rates from its members' rates computed earlier in this run (the same
+    cards: members are checked against the weights digests on the ensemble's card), or None."""
+    from switchllm.routers.ensemble import EnsembleRouter, logit
+
+    if not isinstance(router, EnsembleRouter) or not known:
+        return None
+    paths = [Path(m.card_info.get("path", "")).resolve() for m in router.member_routers()]
+    if not all(p in known for p in paths):
+        return None
+    return router.combine(np.stack([logit(known[p]) for p in paths], axis=1))
 
 
 def card_in_sample(spec: str, benchmark: Benchmark) -> dict[str, Any] | None:
@@ -223,10 +254,11 @@ def evaluate(benchmark: Benchmark, routers: Sequence[str], strong: str, weak: st
         "routers": {},
         "skipped": {},
     }
+    known: dict[Path, np.ndarray] = {}  # cards' win rates on these rows, for ensembles
     for spec in routers:
         started = time.perf_counter()
         try:
-            name, rates = router_win_rates(spec, benchmark, rows, strong, weak, settings)
+            name, rates = router_win_rates(spec, benchmark, rows, strong, weak, settings, known)
         except UnknownModelError as exc:  # a router that cannot score this pair
             results["skipped"][spec] = exc.short
             continue

@@ -19,6 +19,7 @@ ROUTER_KINDS: dict[str, str] = {
     "knn": "switchllm.routers.knn:KNNRouter",
     "bert": "switchllm.routers.bert:BertRouter",
     "causal_llm": "switchllm.routers.causal_llm:CausalLLMRouter",
+    "ensemble": "switchllm.routers.ensemble:EnsembleRouter",
 }
 
 # Router cards trained on the shipped data, one directory per kind.
@@ -46,7 +47,7 @@ def load_card(directory: str | Path) -> Router:
     if kind not in ROUTER_KINDS:
         raise CardError(f"{directory}: unknown router type {kind!r} in router.json")
     router = router_class(kind).from_card(card, tensors)
-    router.card_info.setdefault("path", str(Path(directory)))
+    router.card_info["path"] = str(Path(directory))  # where it is now, not where it was saved
     return router
 
 

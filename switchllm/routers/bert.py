@@ -46,6 +46,8 @@ class BertRouter(Router):
         "base_model", "train_layers", "epochs", "lr", "head_lr", "batch_size", "max_length",
         "weight_decay", "dropout", "seed", "device",
     )
+    #: win_rate(q, a, b) == sigmoid(score_a - score_b): one scoring pass answers every pair
+    scores_are_logits: ClassVar[bool] = True
 
     def __init__(
         self,

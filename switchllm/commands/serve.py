@@ -56,6 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-threads", type=int, default=None,
                         help="torch threads for router compute (default: all cores; use 1 on "
                         "a host busy with other work)")
+    parser.add_argument("--header-timeout", type=float, default=None, metavar="S",
+                        help="a request's line and headers must arrive within S seconds "
+                             "(default 10; slowloris)")
+    parser.add_argument("--body-timeout", type=float, default=None, metavar="S",
+                        help="a request's body must arrive within S seconds of its headers "
+                             "(default 30)")
+    parser.add_argument("--keep-alive", type=float, default=None, metavar="S",
+                        help="close a kept-alive connection idle for S seconds (default 15)")
+    parser.add_argument("--max-connections", type=int, default=None, metavar="N",
+                        help="open connections served at once (default 10000, per process); "
+                             "beyond it a new connection gets a 503 at once")
     parser.add_argument("--workers", type=int, default=0,
                         help="server processes (RouteLLM's flag; default 1). Each loads the "
                         "routers and keeps its own /metrics; all append to one decision log")
@@ -70,6 +81,10 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
         "host": args.host, "port": args.port, "timeout": args.timeout, "retries": args.retries,
         "max_body_bytes": args.max_body_bytes, "batch_window_ms": args.batch_window_ms,
         "router_threads": args.router_threads,
+        "header_timeout_s": getattr(args, "header_timeout", None),
+        "body_timeout_s": getattr(args, "body_timeout", None),
+        "keep_alive_s": getattr(args, "keep_alive", None),
+        "max_connections": getattr(args, "max_connections", None),
         "api_keys": client_api_keys(args.api_keys) or None,
         "log_path": args.log,
         "log_prompts": True if args.log_prompts else None,
@@ -107,9 +122,14 @@ def run(args: argparse.Namespace) -> int:
     if not config.api_keys and config.host not in LOOPBACK_HOSTS:
         print("switchllm: warning: listening beyond loopback without client API keys "
               "(--api-keys)")
+    from switchllm.serving.connections import server_options
+
+    limits, notice = server_options(config, for_workers=args.workers > 1)
+    if notice:
+        print(f"switchllm: warning: {notice}", file=sys.stderr)
     options = {"host": config.host, "port": config.port, "log_level": "warning",
-               "access_log": False, "lifespan": "on", "timeout_keep_alive": 30,
-               "timeout_graceful_shutdown": config.shutdown_grace_s}
+               "access_log": False, "lifespan": "on",
+               "timeout_graceful_shutdown": config.shutdown_grace_s, **limits}
     if args.workers > 1:
         os.environ[WORKER_ARGS_ENV] = json.dumps(
             {k: v for k, v in vars(args).items() if not k.startswith("_")})
@@ -134,8 +154,11 @@ def app_from_environment():  # noqa: ANN201 - the ASGI app of one `--workers` pr
     args = argparse.Namespace(**json.loads(os.environ[WORKER_ARGS_ENV]))
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from switchllm.serving.connections import configure_worker
     from switchllm.serving.pairs import state_pairs
 
-    app = create_app(config_from_args(args))
+    config = config_from_args(args)
+    configure_worker(config)  # this process's connection limits and open-files limit
+    app = create_app(config)
     state_pairs(app.routers.routers, app.config.strong_model, app.config.weak_model)
     return app

@@ -15,7 +15,8 @@ A YAML file (``switchllm serve --config FILE``) looks like::
       llama-3.1-8b:
         base_url: http://localhost:8000/v1
         upstream_model: meta-llama/Llama-3.1-8B-Instruct   # name sent upstream, if different
-    server: {host: 127.0.0.1, port: 6060, timeout: 60, retries: 2, max_body_bytes: 4194304}
+    server: {host: 127.0.0.1, port: 6060, timeout: 60, retries: 2, max_body_bytes: 4194304,
+             header_timeout_s: 10, body_timeout_s: 30, keep_alive_s: 15, max_connections: 10000}
     log: {path: switchllm-decisions.sqlite, prompts: false}
 
 RouteLLM's router config (top-level keys named after a router kind, e.g. ``mf: {...}``) is
@@ -102,6 +103,12 @@ class ServingConfig:
     router_threads: int = 0  # torch threads for router compute; 0: all cores
     max_prompt_chars: int = 16_000  # routers read at most this much of a prompt
     shutdown_grace_s: float = 10.0  # on SIGTERM, wait this long for requests in flight
+    # what one client connection may hold (serving.connections; docs/SERVING.md)
+    header_timeout_s: float = 10.0  # the request line and headers must arrive within this
+    body_timeout_s: float = 30.0  # the whole body must arrive within this of the headers
+    keep_alive_s: float = 15.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 10_000  # beyond this, new connections get an immediate 503
+    max_header_bytes: int = 65_536  # a larger request head gets a 431
     # Host header names served (DNS rebinding); None: loopback names when bound to loopback,
     # any name otherwise; ["*"]: any name
     allowed_hosts: list[str] | None = None
@@ -126,6 +133,15 @@ class ServingConfig:
             raise ConfigError(f"max_prompt_chars must be positive, got {self.max_prompt_chars}")
         if not 1.0 <= self.log_flush_ms <= 60_000.0:
             raise ConfigError(f"log flush_ms must be in [1, 60000], got {self.log_flush_ms}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not 0.1 <= getattr(self, name) <= 3600.0:
+                raise ConfigError(f"{name} must be in [0.1, 3600] seconds, "
+                                  f"got {getattr(self, name)}")
+        if self.max_connections < 1:
+            raise ConfigError(f"max_connections must be positive, got {self.max_connections}")
+        if not 1024 <= self.max_header_bytes <= 16 * 1024 * 1024:
+            raise ConfigError(f"max_header_bytes must be in [1024, 16777216], "
+                              f"got {self.max_header_bytes}")
         if not 0.0 <= self.batch_window_ms <= 100.0:
             raise ConfigError(f"batch_window_ms must be in [0, 100], got {self.batch_window_ms}")
 
@@ -231,6 +247,8 @@ _SERVER_KEYS = {
     "host": str, "port": int, "timeout": float, "connect_timeout": float, "retries": int,
     "backoff": float, "max_body_bytes": int, "batch_window_ms": float, "router_threads": int,
     "max_prompt_chars": int, "shutdown_grace_s": float, "allowed_hosts": list,
+    "header_timeout_s": float, "body_timeout_s": float, "keep_alive_s": float,
+    "max_connections": int, "max_header_bytes": int,
 }
 _MODEL_KEYS = {
     "base_url": str, "api_key_env": str, "upstream_model": str, "input_price": float,

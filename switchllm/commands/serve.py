@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "does not describe")
     parser.add_argument("--api-key", help="upstream API key for models the config does not "
                         "describe (prefer api_key_env in the config)")
+    parser.add_argument("--api-key-file", default=None, metavar="PATH",
+                        help="a file holding the upstream API key for models the config does "
+                             "not describe (unlike --api-key, not shown in the process list)")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--api-keys", default=None, help="comma-separated client API keys "
@@ -92,9 +95,16 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
         "allowed_hosts": ([h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
                           if getattr(args, "allowed_hosts", None) else None),
     }
+    from switchllm.serving.config import read_key_file
+
+    api_key = args.api_key
+    if getattr(args, "api_key_file", None):
+        if api_key:
+            raise SwitchLLMError("give --api-key or --api-key-file, not both")
+        api_key = read_key_file(args.api_key_file, "--api-key-file")
     config = build_config(
         config_path=args.config, routers=args.routers, strong_model=args.strong_model,
-        weak_model=args.weak_model, base_url=args.base_url, api_key=args.api_key,
+        weak_model=args.weak_model, base_url=args.base_url, api_key=api_key,
         overrides=overrides,
     )
     if args.no_log:

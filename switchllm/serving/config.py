@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import stat
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from switchllm.errors import SwitchLLMError
 
@@ -65,7 +69,8 @@ class ModelSpec:
     name: str
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # from --api-key; never logged
+    api_key_file: str | None = None  # a file holding the key (read once, at start)
+    api_key: str | None = field(default=None, repr=False)  # from --api-key or the file
     upstream_model: str | None = None
     input_price: float = 0.0  # dollars per 1M tokens
     output_price: float = 0.0
@@ -251,7 +256,8 @@ _SERVER_KEYS = {
     "max_connections": int, "max_header_bytes": int,
 }
 _MODEL_KEYS = {
-    "base_url": str, "api_key_env": str, "upstream_model": str, "input_price": float,
+    "base_url": str, "api_key_env": str, "api_key_file": str, "upstream_model": str,
+    "input_price": float,
     "output_price": float, "output_tokens": float,
 }
 
@@ -341,7 +347,11 @@ def build_config(
             kwargs[key] = _typed(value, _MODEL_KEYS[key], f"{where}: models.{name}.{key}")
         if kwargs.get("input_price", 0) < 0 or kwargs.get("output_price", 0) < 0:
             raise ConfigError(f"{where}: models.{name}: prices must not be negative")
-        models[str(name)] = ModelSpec(name=str(name), **kwargs)
+        _check_key_sources(kwargs, f"{where}: models.{name}")
+        spec = ModelSpec(name=str(name), **kwargs)
+        if spec.api_key_file:
+            spec.api_key = read_key_file(spec.api_key_file, f"{where}: models.{name}.api_key_file")
+        models[str(name)] = spec
 
     strong = strong_model or raw.get("strong_model")
     weak = weak_model or raw.get("weak_model")
@@ -354,7 +364,7 @@ def build_config(
             # litellm-style: provider prefixes, $OPENAI_BASE_URL, --base-url / --api-key
             models[name] = resolve_model(name, base_url=base_url, api_key=api_key)
     for spec in models.values():
-        if api_key and not spec.api_key_env:
+        if api_key and not spec.api_key_env and not spec.api_key_file:
             spec.api_key = api_key
         if not spec.api_key_env and not spec.api_key and spec.base_url.startswith(
             "https://api.openai.com"
@@ -396,6 +406,45 @@ def build_config(
         routes=routes,
         **kwargs,
     )
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_key_sources(settings: Mapping[str, Any], where: str) -> None:
+    """Upstream keys come from an environment variable or a file, never from the config
+    itself: refuse an api_key_env that is not a variable name (a pasted key, most likely) and a
+    base_url carrying credentials. The offending value is never repeated in the error."""
+    env = settings.get("api_key_env")
+    if env is not None and not _ENV_NAME.fullmatch(env):
+        raise ConfigError(f"{where}.api_key_env must be the NAME of an environment variable "
+                          "(letters, digits, _); it looks like a key, and keys never belong in "
+                          "config files: export it and name the variable here")
+    if "api_key_env" in settings and "api_key_file" in settings:
+        raise ConfigError(f"{where}: give api_key_env or api_key_file, not both")
+    base_url = settings.get("base_url")
+    if base_url and urlsplit(base_url).password is not None:
+        raise ConfigError(f"{where}.base_url carries a password; put the key in an environment "
+                          "variable (api_key_env) or a file (api_key_file)")
+
+
+def read_key_file(path: str, what: str) -> str:
+    """The key in `path` (surrounding whitespace stripped); a ConfigError when it cannot be
+    read or is empty. A warning when others may read it."""
+    file = Path(path).expanduser()
+    try:
+        key = file.read_text().strip()
+        mode = file.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: {file} is not text") from None
+    if not key:
+        raise ConfigError(f"{what}: {file} is empty")
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        warnings.warn(f"{what}: {file} is readable by other users "
+                      f"(chmod 600 {file})", stacklevel=2)
+    return key
 
 
 def _routes(section: Any, models: dict[str, ModelSpec], where: str) -> dict[str, Any]:

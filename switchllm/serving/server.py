@@ -183,7 +183,7 @@ class SwitchServer:
                 await self._feedback(scope, receive, send)
             elif path == "/health":
                 _require_method(path, method, "GET")
-                await _send_json(send, 200, self._health())
+                await _send_json(send, 200, self._health(scope))
             elif path in ("/v1/models", "/models"):
                 _require_method(path, method, "GET")
                 self._authorize(scope)
@@ -268,9 +268,18 @@ class SwitchServer:
                 type_="authentication_error", code="invalid_api_key",
             )
 
-    def _health(self) -> dict[str, Any]:
+    def _health(self, scope: Scope) -> dict[str, Any]:
+        """RouteLLM's answer, `{"status": "online"}`, to anyone (health checks send no key);
+        what is served only to a client with a valid key, where keys are required."""
+        health: dict[str, Any] = {"status": "online"}
+        if not self._api_keys:
+            return health
+        try:
+            self._authorize(scope)
+        except HTTPError:
+            return health
         return {
-            "status": "online",  # RouteLLM's health answer; checks look for it
+            **health,
             "routers": list(self.routers.routers),
             "strong_model": self.config.strong_model,
             "weak_model": self.config.weak_model,

@@ -218,6 +218,12 @@ class _Guard:
             return float("inf")
         return self._head_bytes - len(self._head_tail) + end + 4
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP, as an OpenAI-style JSON error like
+        every other error this server sends."""
+        self._answer_and_close(400, "Bad Request", f"{msg.rstrip('.')}: not a valid HTTP/1.1 "
+                               "request", "invalid_http")
+
     # ---- state ----------------------------------------------------------------------------
     def _sync(self) -> None:
         """Follow uvicorn's request cycle: a new cycle means a complete head."""

@@ -2,10 +2,11 @@
 per-request overhead counts for a proxy) run by uvicorn.
 
 Endpoints: POST /v1/chat/completions (streaming and not), POST /v1/feedback, GET /v1/models,
-GET /health, GET /metrics. Every chat response carries `x-switchllm-request-id`, the id that
-feedback refers to. The request body is forwarded untouched except for `model`; the model that
-answered appears in the response `model` field, in every stream chunk and in `x-switchllm-*`
-response headers together with the router's win rate.
+GET /health, GET /metrics, GET /openapi.json (serving.openapi describes them all). Every chat
+response carries `x-switchllm-request-id`, the id that feedback refers to. The request body is
+forwarded untouched except for `model`; the model that answered appears in the response `model`
+field, in every stream chunk and in `x-switchllm-*` response headers together with the router's
+win rate.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from switchllm.serving.groups import (
 )
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
+from switchllm.serving.openapi import OPENAPI
 from switchllm.serving.routing import AsyncRouting, Decision, RouterSet, routable_text
 from switchllm.serving.upstream import (
     OpenStream,
@@ -181,6 +183,9 @@ class SwitchServer:
                 _require_method(path, method, "POST")
                 self._authorize(scope)
                 await self._feedback(scope, receive, send)
+            elif path == "/openapi.json":
+                _require_method(path, method, "GET")
+                await _send_json(send, 200, OPENAPI)
             elif path == "/health":
                 _require_method(path, method, "GET")
                 await _send_json(send, 200, self._health(scope))
@@ -620,6 +625,10 @@ class SwitchServer:
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Store a client's rating or preference of an answered request (see serving.feedback)."""
         body = await _read_body(scope, receive, self.config.max_body_bytes)
+        # the checks every body gets (nesting depth, lone surrogates, NaN) before the feedback
+        # fields are read: a surrogate request_id would otherwise break the log lookup
+        _parse_object(body, "a JSON feedback object {request_id, rating | preferred_model | "
+                            "winner}")
         try:
             if self.log is None:
                 raise FeedbackError(400, "this server keeps no decision log (log: {path: null}): "

@@ -225,7 +225,8 @@ class HTTPPool:
             except asyncio.CancelledError:
                 conn.close()  # half a request in flight: the connection cannot be reused
                 raise
-            except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as exc:
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
+                    OSError, ValueError) as exc:
                 conn.close()
                 # A kept-alive connection the peer had already closed: retry once on a new one.
                 if conn.reused and attempt == 0:
@@ -234,7 +235,13 @@ class HTTPPool:
             chunked = "chunked" in response_headers.get("transfer-encoding", "").lower()
             length = None
             if not chunked and "content-length" in response_headers:
-                length = int(response_headers["content-length"])
+                try:
+                    length = int(response_headers["content-length"])
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    conn.close()
+                    raise ProtocolError("invalid Content-Length in the response")
             if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
                 length = 0
             return StreamResponse(status, response_headers, self, target.key, conn, chunked,

@@ -381,6 +381,8 @@ def probe_5(c: Client, up: Upstream, ctx: dict) -> tuple[bool, str]:
 
 def probe_6(c: Client, up: Upstream, ctx: dict) -> tuple[bool, str]:
     """Browser CSRF (text/plain POST) and DNS rebinding (foreign Host) spend upstream credit."""
+    ctx["innocents"].running.clear()  # count only this probe's upstream calls
+    time.sleep(0.3)
     before = sum(up.calls.values())
     body = json.dumps({"model": "weak", "messages": [{"role": "user", "content": "x"}]}).encode()
     plain = c.request("POST", "/v1/chat/completions", body, content_type="text/plain",
@@ -388,6 +390,7 @@ def probe_6(c: Client, up: Upstream, ctx: dict) -> tuple[bool, str]:
     rebound = c.request("POST", "/v1/chat/completions", body, host="evil.example:6060",
                         extra="origin: http://evil.example:6060\r\n", bad_input=True)[0]
     spent = sum(up.calls.values()) - before
+    ctx["innocents"].running.set()
     return (plain != 415 or rebound != 403 or spent > 0,
             f"text/plain POST: {plain}; foreign Host: {rebound}; upstream calls: {spent}")
 
@@ -499,9 +502,12 @@ def probe_12(c: Client, up: Upstream, ctx: dict) -> tuple[bool, str]:
 
 def probe_13(c: Client, up: Upstream, ctx: dict) -> tuple[bool, str]:
     """A key fragment echoed in an upstream 400 reaches the client unredacted."""
+    ctx["innocents"].running.clear()  # both models fail while staged
+    time.sleep(0.3)
     up.set(strong="echo_key", weak="echo_key")
     status, _, body = c.chat("hi", model="strong")
     up.reset()
+    ctx["innocents"].running.set()
     leaked = KEY[:12].encode() in body or KEY[-4:].encode() + b'"' in body
     return leaked, f"status {status}; fragment {'LEAKED' if leaked else 'redacted'}: " \
                    f"{body[:160]!r}"

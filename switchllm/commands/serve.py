@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated Host names to answer (default: loopback names when "
                              "listening on loopback, else any; '*': any)")
     parser.add_argument("--log-flush-ms", type=float, default=None, metavar="MS",
-                        help="decision-log write interval (default 200; SIGHUP writes at once; "
-                             "a SIGKILL loses at most this much)")
+                        help="decision-log write interval (default 50; SIGHUP writes at once; "
+                             "a SIGKILL loses about this much of rows, plus requests in flight)")
     parser.add_argument("--log-prompts", action="store_true",
                         help="store prompt texts in the decision log (for calibrate --from-log)")
     parser.add_argument("--timeout", type=float, default=None,

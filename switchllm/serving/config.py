@@ -120,7 +120,7 @@ class ServingConfig:
     api_keys: list[str] = field(default_factory=list, repr=False)
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False
-    log_flush_ms: float = 200.0  # decision-log write interval: what a SIGKILL can lose at most
+    log_flush_ms: float = 50.0  # decision-log write interval (bench/durability.py)
     routes: dict[str, Any] = field(default_factory=dict)  # group name -> groups.RouteGroup
 
     def __post_init__(self) -> None:

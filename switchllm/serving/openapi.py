@@ -98,6 +98,18 @@ PATHS["/metrics"] = _get("Prometheus metrics", {"type": "string"},
                          content_type="text/plain")
 PATHS["/openapi.json"] = _get("This document", {"type": "object"}, keyed=False)
 
+try:  # the dashboard and its /v1/stats, where this build has them (serving.dashboard)
+    from switchllm.serving.dashboard import ASSETS as _DASHBOARD_ASSETS
+except ImportError:
+    _DASHBOARD_ASSETS = {}
+if _DASHBOARD_ASSETS:
+    PATHS["/v1/stats"] = _get("Aggregates of the decision log for a time window (the "
+                              "dashboard's data)", {"type": "object"})
+    for _path, (_, _content_type) in _DASHBOARD_ASSETS.items():
+        PATHS[_path] = _get("The dashboard page and its static files (no data: the page "
+                            "fetches /v1/stats with the client key)", {"type": "string"},
+                            keyed=False, content_type=_content_type.decode().split(";")[0])
+
 _TEXT_PARTS = {"type": "array", "items": {"type": "object", "properties": {
     "type": {"type": "string"}, "text": {"type": "string"}}}}
 SCHEMAS: dict[str, Any] = {

@@ -114,6 +114,8 @@ class ServingConfig:
     keep_alive_s: float = 15.0  # an idle kept-alive connection is closed after this
     max_connections: int = 10_000  # beyond this, new connections get an immediate 503
     max_header_bytes: int = 65_536  # a larger request head gets a 431
+    # an upstream answer (or one stream event) larger than this is a failed call: fallback
+    max_response_bytes: int = 64 * 2**20
     # Host header names served (DNS rebinding); None: loopback names when bound to loopback,
     # any name otherwise; ["*"]: any name
     allowed_hosts: list[str] | None = None
@@ -144,6 +146,9 @@ class ServingConfig:
                                   f"got {getattr(self, name)}")
         if self.max_connections < 1:
             raise ConfigError(f"max_connections must be positive, got {self.max_connections}")
+        if self.max_response_bytes < 1024:
+            raise ConfigError(f"max_response_bytes must be at least 1024, "
+                              f"got {self.max_response_bytes}")
         if not 1024 <= self.max_header_bytes <= 16 * 1024 * 1024:
             raise ConfigError(f"max_header_bytes must be in [1024, 16777216], "
                               f"got {self.max_header_bytes}")
@@ -253,7 +258,7 @@ _SERVER_KEYS = {
     "backoff": float, "max_body_bytes": int, "batch_window_ms": float, "router_threads": int,
     "max_prompt_chars": int, "shutdown_grace_s": float, "allowed_hosts": list,
     "header_timeout_s": float, "body_timeout_s": float, "keep_alive_s": float,
-    "max_connections": int, "max_header_bytes": int,
+    "max_connections": int, "max_header_bytes": int, "max_response_bytes": int,
 }
 _MODEL_KEYS = {
     "base_url": str, "api_key_env": str, "api_key_file": str, "upstream_model": str,

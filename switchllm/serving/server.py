@@ -145,6 +145,7 @@ class SwitchServer:
                 c.models, timeout=c.timeout, connect_timeout=c.connect_timeout,
                 retries=c.retries, backoff=c.backoff,
                 on_retry=lambda model: self.metrics.retries.labels(model).inc(),
+                max_response_bytes=c.max_response_bytes,
             )
         return self._upstreams
 

@@ -238,7 +238,9 @@ class CachedEmbedder(Embedder):
     and at exit), not one file per call: a server embedding one prompt per request would
     otherwise pay a file write per request and pile up tiny files. Loading reads shards oldest
     first into the LRU (so the newest survive), and rewrites them as one shard when there are
-    more than `COMPACT_SHARDS` or when they hold more than the cache keeps."""
+    more than `COMPACT_SHARDS` or when they hold more than the cache keeps; a running process
+    does the same once its shards hold twice `max_entries` rows, so the disk holds at most about
+    twice the cache."""
 
     FLUSH_ROWS = 256
     FLUSH_SECONDS = 30.0
@@ -272,8 +274,10 @@ class CachedEmbedder(Embedder):
                     loaded.append(shard)
                 except Exception:  # noqa: BLE001 - a torn shard is only a cache miss
                     continue
+        self._shards = loaded  # on disk now, and how many rows they hold
+        self._disk_rows = rows
         if len(loaded) > self.COMPACT_SHARDS or rows > len(self._lru):
-            self._compact(loaded)
+            self._compact()
         atexit.register(self.flush)
 
     def __len__(self) -> int:
@@ -346,19 +350,32 @@ class CachedEmbedder(Embedder):
             pending, self._pending, self._pending_rows = self._pending, [], 0
             self._last_flush = time.monotonic()
         if pending:
-            self._write_shard(np.concatenate([k for k, _ in pending]),
-                              np.concatenate([v for _, v in pending]))
+            keys = np.concatenate([k for k, _ in pending])
+            shard = self._write_shard(keys, np.concatenate([v for _, v in pending]))
+            if shard is not None:
+                self._shards.append(shard)
+                self._disk_rows += len(keys)
+            # A long-running server must not grow the disk cache for ever either: once the
+            # shards hold twice what the cache keeps, rewrite them as the LRU (amortised: each
+            # compaction follows at least max_entries new rows).
+            if (self._disk_rows > 2 * self.max_entries
+                    or len(self._shards) > 2 * self.COMPACT_SHARDS):
+                self._compact()
 
-    def _compact(self, shards: list[Path]) -> None:
-        """Replace `shards` by one holding what the LRU kept (the newest vectors)."""
-        if not self._lru:
-            return
-        keys = np.frombuffer(b"".join(self._lru), dtype=np.uint8).reshape(-1, KEY_BYTES)
-        if self._write_shard(keys, np.stack(list(self._lru.values()))):
-            for shard in shards:
-                shard.unlink(missing_ok=True)
+    def _compact(self) -> None:
+        """Replace the shards on disk by one holding what the LRU kept (the newest vectors)."""
+        with self._lock:
+            if not self._lru:
+                return
+            keys = np.frombuffer(b"".join(self._lru), dtype=np.uint8).reshape(-1, KEY_BYTES)
+            vectors = np.stack(list(self._lru.values()))
+        shard = self._write_shard(keys, vectors)
+        if shard is not None:
+            for old in self._shards:
+                old.unlink(missing_ok=True)
+            self._shards, self._disk_rows = [shard], len(keys)
 
-    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> bool:
+    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> Path | None:
         from safetensors.numpy import save_file
 
         try:
@@ -369,8 +386,8 @@ class CachedEmbedder(Embedder):
                        "vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, str(tmp))
             tmp.replace(final)
         except OSError:
-            return False  # an unwritable cache costs speed, never correctness
-        return True
+            return None  # an unwritable cache costs speed, never correctness
+        return final
 
 
 def _env_int(name: str, default: int) -> int:

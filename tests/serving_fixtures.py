@@ -415,13 +415,20 @@ class KeywordRouter(Router):
 class ServerThread:
     """Runs an ASGI app under uvicorn on 127.0.0.1, on a random free port, in a thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **uvicorn_options: Any) -> None:
         self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        options: dict[str, Any] = {}
+        if hasattr(app, "config"):  # a SwitchServer: its connection limits, as `serve` runs it
+            from switchllm.serving.connections import server_options
+
+            options = server_options(app.config)[0]
+        options.update(uvicorn_options)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True

@@ -165,3 +165,21 @@ def test_cache_bounds_from_the_environment(embeddings_server, tmp_path, monkeypa
                            use_shipped=False)
     cache.embed(["x", "y", "z"])
     assert len(cache) == 2
+
+
+def test_running_process_keeps_the_disk_cache_bounded(embeddings_server, tmp_path, monkeypatch):
+    """A server that runs for ever embedding new prompts must not fill the disk: once its shards
+    hold twice the cache, they are rewritten as the LRU (found by bench/probe.py)."""
+    from safetensors.numpy import load_file
+
+    monkeypatch.setattr(CachedEmbedder, "FLUSH_ROWS", 2)
+    cache = CachedEmbedder(OpenAIEmbedder("m", base_url=embeddings_server), cache_dir=tmp_path,
+                           use_shipped=False, max_entries=4)
+    for i in range(40):
+        cache.embed([f"unique {i}"])
+        on_disk = sum(len(load_file(str(p))["keys"]) for p in tmp_path.rglob("*.safetensors"))
+        assert on_disk <= 2 * 4 + CachedEmbedder.FLUSH_ROWS
+    _EmbeddingsHandler.requests = []
+    CachedEmbedder(OpenAIEmbedder("m", base_url=embeddings_server), cache_dir=tmp_path,
+                   use_shipped=False, max_entries=4).embed(["unique 39", "unique 38"])
+    assert _EmbeddingsHandler.requests == []  # the newest survived the compactions

@@ -159,7 +159,9 @@ def test_workers_share_metrics_and_log_and_stop_together_on_sigterm(tmp_path: Pa
     # shutdown flush that SIGTERM starts, with both workers writing at the same moment.
     server = Workers(["--workers", "2", "--routers", "random", "--strong-model", "strong",
                       "--weak-model", "weak", "--base-url", upstream.base_url,
-                      "--log", str(log_path), "--log-flush-ms", "60000"])
+                      "--log", str(log_path), "--log-flush-ms", "60000",
+                      "--api-keys", "sk-client"])
+    key = {"Authorization": "Bearer sk-client"}  # /health names its process only to a client
     requests = 120
     try:
         pids = server.wait_ready()
@@ -173,7 +175,7 @@ def test_workers_share_metrics_and_log_and_stop_together_on_sigterm(tmp_path: Pa
 
         def call(i: int) -> tuple[int, int]:
             # a fresh connection per request: the kernel hands each to either worker
-            with httpx.Client(base_url=server.url) as client:
+            with httpx.Client(base_url=server.url, headers=key) as client:
                 status = client.post("/v1/chat/completions", json=body).status_code
                 return status, client.get("/health").json()["pid"]
 
@@ -186,7 +188,7 @@ def test_workers_share_metrics_and_log_and_stop_together_on_sigterm(tmp_path: Pa
         totals: dict[int, float] = {}
         deadline = time.time() + 30
         while set(totals) != set(pids) and time.time() < deadline:
-            with httpx.Client(base_url=server.url) as client:  # one connection: one worker
+            with httpx.Client(base_url=server.url, headers=key) as client:  # one worker
                 pid = client.get("/health").json()["pid"]
                 totals[pid] = _requests_total(client.get("/metrics").text)
         assert totals == {pid: float(requests) for pid in pids}

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "does not describe")
     parser.add_argument("--api-key", help="upstream API key for models the config does not "
                         "describe (prefer api_key_env in the config)")
+    parser.add_argument("--api-key-file", default=None, metavar="PATH",
+                        help="a file holding the upstream API key for models the config does "
+                             "not describe (unlike --api-key, not shown in the process list)")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--api-keys", default=None, help="comma-separated client API keys "
@@ -50,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated Host names to answer (default: loopback names when "
                              "listening on loopback, else any; '*': any)")
     parser.add_argument("--log-flush-ms", type=float, default=None, metavar="MS",
-                        help="decision-log write interval (default 200; SIGHUP writes at once; "
-                             "a SIGKILL loses at most this much)")
+                        help="decision-log write interval (default 50; SIGHUP writes at once; "
+                             "a SIGKILL loses about this much of rows, plus requests in flight)")
     parser.add_argument("--log-prompts", action="store_true",
                         help="store prompt texts in the decision log (for calibrate --from-log)")
     parser.add_argument("--timeout", type=float, default=None,
@@ -64,6 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-threads", type=int, default=None,
                         help="torch threads for router compute (default: all cores; use 1 on "
                         "a host busy with other work)")
+    parser.add_argument("--header-timeout", type=float, default=None, metavar="S",
+                        help="a request's line and headers must arrive within S seconds "
+                             "(default 10; slowloris)")
+    parser.add_argument("--body-timeout", type=float, default=None, metavar="S",
+                        help="a request's body must arrive within S seconds of its headers "
+                             "(default 30)")
+    parser.add_argument("--keep-alive", type=float, default=None, metavar="S",
+                        help="close a kept-alive connection idle for S seconds (default 15)")
+    parser.add_argument("--max-connections", type=int, default=None, metavar="N",
+                        help="open connections served at once (default 10000, per process); "
+                             "beyond it a new connection gets a 503 at once")
     parser.add_argument("--workers", type=int, default=0,
                         help="server processes (RouteLLM's flag; default 1). Each loads the "
                         "routers and runs its own event loop (torch threads: cores / N unless "
@@ -87,6 +101,10 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
         "host": args.host, "port": args.port, "timeout": args.timeout, "retries": args.retries,
         "max_body_bytes": args.max_body_bytes, "batch_window_ms": args.batch_window_ms,
         "router_threads": args.router_threads,
+        "header_timeout_s": getattr(args, "header_timeout", None),
+        "body_timeout_s": getattr(args, "body_timeout", None),
+        "keep_alive_s": getattr(args, "keep_alive", None),
+        "max_connections": getattr(args, "max_connections", None),
         "api_keys": client_api_keys(args.api_keys) or None,
         "log_path": args.log,
         "log_url": getattr(args, "log_url", None),
@@ -96,9 +114,16 @@ def config_from_args(args: argparse.Namespace):  # -> ServingConfig
         "allowed_hosts": ([h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
                           if getattr(args, "allowed_hosts", None) else None),
     }
+    from switchllm.serving.config import read_key_file
+
+    api_key = args.api_key
+    if getattr(args, "api_key_file", None):
+        if api_key:
+            raise SwitchLLMError("give --api-key or --api-key-file, not both")
+        api_key = read_key_file(args.api_key_file, "--api-key-file")
     config = build_config(
         config_path=args.config, routers=args.routers, strong_model=args.strong_model,
-        weak_model=args.weak_model, base_url=args.base_url, api_key=args.api_key,
+        weak_model=args.weak_model, base_url=args.base_url, api_key=api_key,
         overrides=overrides,
     )
     if args.log and getattr(args, "log_url", None):
@@ -154,10 +179,16 @@ def run(args: argparse.Namespace) -> int:
 
         return ray_app.run({k: v for k, v in vars(args).items() if not k.startswith("_")},
                            args.ray_address)
+    from switchllm.serving.connections import server_options
+
+    limits, notice = server_options(config, for_workers=args.workers > 1)
+    if notice:
+        print(f"switchllm: warning: {notice}", file=sys.stderr)
+    # the limits' protocol class wraps the HTTP parser uvicorn_parts() picks (httptools)
     options = {"host": config.host, "port": config.port, "log_level": "warning",
-               "access_log": False, "lifespan": "on", "timeout_keep_alive": 30,
-               **uvicorn_parts(),
-               "timeout_graceful_shutdown": config.shutdown_grace_s}
+               "access_log": False, "lifespan": "on",
+               "timeout_graceful_shutdown": config.shutdown_grace_s,
+               **uvicorn_parts(), **limits}
     if args.workers > 1:
         from switchllm.serving.workers import run_workers
 
@@ -191,8 +222,12 @@ def app_from_environment():  # noqa: ANN201 - the ASGI app of one `--workers` pr
     args = argparse.Namespace(**json.loads(os.environ[WORKER_ARGS_ENV]))
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from switchllm.serving.connections import configure_worker
+
     try:
-        app = create_app(config_from_args(args))
+        config = config_from_args(args)
+        configure_worker(config)  # this process's connection limits and open-files limit
+        app = create_app(config)
     except SwitchLLMError as exc:  # e.g. a router that cannot load: the same in every worker
         print(f"switchllm serve: error: {exc}", file=sys.stderr, flush=True)
         # uvicorn's "failed to start" code: the parent stops instead of restarting the worker

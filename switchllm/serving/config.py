@@ -15,7 +15,8 @@ A YAML file (``switchllm serve --config FILE``) looks like::
       llama-3.1-8b:
         base_url: http://localhost:8000/v1
         upstream_model: meta-llama/Llama-3.1-8B-Instruct   # name sent upstream, if different
-    server: {host: 127.0.0.1, port: 6060, timeout: 60, retries: 2, max_body_bytes: 4194304}
+    server: {host: 127.0.0.1, port: 6060, timeout: 60, retries: 2, max_body_bytes: 4194304,
+             header_timeout_s: 10, body_timeout_s: 30, keep_alive_s: 15, max_connections: 10000}
     log: {path: switchllm-decisions.sqlite, prompts: false}
     # or a Postgres log shared by many servers (password: PGPASSWORD or ~/.pgpass):
     # log: {url: "postgresql://switchllm@db.internal/switchllm", buffer_rows: 200000}
@@ -28,10 +29,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import stat
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from switchllm.errors import SwitchLLMError
 from switchllm.serving.config_models import LogSettings, ModelSettings, ServerSettings, validated
@@ -69,7 +74,8 @@ class ModelSpec:
     name: str
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # from --api-key; never logged
+    api_key_file: str | None = None  # a file holding the key (read once, at start)
+    api_key: str | None = field(default=None, repr=False)  # from --api-key or the file
     upstream_model: str | None = None
     input_price: float = 0.0  # dollars per 1M tokens
     output_price: float = 0.0
@@ -107,13 +113,21 @@ class ServingConfig:
     router_threads: int = 0  # torch threads for router compute; 0: all cores
     max_prompt_chars: int = 16_000  # routers read at most this much of a prompt
     shutdown_grace_s: float = 10.0  # on SIGTERM, wait this long for requests in flight
+    # what one client connection may hold (serving.connections; docs/SERVING.md)
+    header_timeout_s: float = 10.0  # the request line and headers must arrive within this
+    body_timeout_s: float = 30.0  # the whole body must arrive within this of the headers
+    keep_alive_s: float = 15.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 10_000  # beyond this, new connections get an immediate 503
+    max_header_bytes: int = 65_536  # a larger request head gets a 431
+    # an upstream answer (or one stream event) larger than this is a failed call: fallback
+    max_response_bytes: int = 64 * 2**20
     # Host header names served (DNS rebinding); None: loopback names when bound to loopback,
     # any name otherwise; ["*"]: any name
     allowed_hosts: list[str] | None = None
     api_keys: list[str] = field(default_factory=list, repr=False)
     log_path: str | None = DEFAULT_LOG_PATH
     log_prompts: bool = False
-    log_flush_ms: float = 200.0  # decision-log write interval: what a SIGKILL can lose at most
+    log_flush_ms: float = 50.0  # decision-log write interval (bench/durability.py)
     log_url: str | None = field(default=None, repr=False)  # postgresql://...; wins over log_path
     log_buffer_rows: int = DEFAULT_LOG_BUFFER_ROWS  # held while the log store is away
     routes: dict[str, Any] = field(default_factory=dict)  # group name -> groups.RouteGroup
@@ -140,6 +154,18 @@ class ServingConfig:
         if not 1 <= self.log_buffer_rows <= 10_000_000:
             raise ConfigError(f"log buffer_rows must be in [1, 10000000], got "
                               f"{self.log_buffer_rows}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not 0.1 <= getattr(self, name) <= 3600.0:
+                raise ConfigError(f"{name} must be in [0.1, 3600] seconds, "
+                                  f"got {getattr(self, name)}")
+        if self.max_connections < 1:
+            raise ConfigError(f"max_connections must be positive, got {self.max_connections}")
+        if self.max_response_bytes < 1024:
+            raise ConfigError(f"max_response_bytes must be at least 1024, "
+                              f"got {self.max_response_bytes}")
+        if not 1024 <= self.max_header_bytes <= 16 * 1024 * 1024:
+            raise ConfigError(f"max_header_bytes must be in [1024, 16777216], "
+                              f"got {self.max_header_bytes}")
         if not 0.0 <= self.batch_window_ms <= 100.0:
             raise ConfigError(f"batch_window_ms must be in [0, 100], got {self.batch_window_ms}")
 
@@ -319,7 +345,11 @@ def build_config(
                 "name it with api_key_env; keys never belong in config files"
             )
         kwargs = validated(ModelSettings, settings or {}, f"{where}: models.{name}", ConfigError)
-        models[str(name)] = ModelSpec(name=str(name), **kwargs)
+        _check_key_sources(kwargs, f"{where}: models.{name}")
+        spec = ModelSpec(name=str(name), **kwargs)
+        if spec.api_key_file:
+            spec.api_key = read_key_file(spec.api_key_file, f"{where}: models.{name}.api_key_file")
+        models[str(name)] = spec
 
     strong = strong_model or raw.get("strong_model")
     weak = weak_model or raw.get("weak_model")
@@ -332,7 +362,7 @@ def build_config(
             # litellm-style: provider prefixes, $OPENAI_BASE_URL, --base-url / --api-key
             models[name] = resolve_model(name, base_url=base_url, api_key=api_key)
     for spec in models.values():
-        if api_key and not spec.api_key_env:
+        if api_key and not spec.api_key_env and not spec.api_key_file:
             spec.api_key = api_key
         if not spec.api_key_env and not spec.api_key and spec.base_url.startswith(
             "https://api.openai.com"
@@ -366,6 +396,45 @@ def build_config(
         routes=routes,
         **kwargs,
     )
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_key_sources(settings: Mapping[str, Any], where: str) -> None:
+    """Upstream keys come from an environment variable or a file, never from the config
+    itself: refuse an api_key_env that is not a variable name (a pasted key, most likely) and a
+    base_url carrying credentials. The offending value is never repeated in the error."""
+    env = settings.get("api_key_env")
+    if env is not None and not _ENV_NAME.fullmatch(env):
+        raise ConfigError(f"{where}.api_key_env must be the NAME of an environment variable "
+                          "(letters, digits, _); it looks like a key, and keys never belong in "
+                          "config files: export it and name the variable here")
+    if "api_key_env" in settings and "api_key_file" in settings:
+        raise ConfigError(f"{where}: give api_key_env or api_key_file, not both")
+    base_url = settings.get("base_url")
+    if base_url and urlsplit(base_url).password is not None:
+        raise ConfigError(f"{where}.base_url carries a password; put the key in an environment "
+                          "variable (api_key_env) or a file (api_key_file)")
+
+
+def read_key_file(path: str, what: str) -> str:
+    """The key in `path` (surrounding whitespace stripped); a ConfigError when it cannot be
+    read or is empty. A warning when others may read it."""
+    file = Path(path).expanduser()
+    try:
+        key = file.read_text().strip()
+        mode = file.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: {file} is not text") from None
+    if not key:
+        raise ConfigError(f"{what}: {file} is empty")
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        warnings.warn(f"{what}: {file} is readable by other users "
+                      f"(chmod 600 {file})", stacklevel=2)
+    return key
 
 
 def _routes(section: Any, models: dict[str, ModelSpec], where: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class ModelSettings(_Section):
 
     base_url: str | None = None  # default: OpenAI's
     api_key_env: str | None = None  # the NAME of an env var holding the key
+    api_key_file: str | None = None  # or a file holding it (never the key itself)
     upstream_model: str | None = None  # the name sent upstream, if different
     input_price: float = Field(default=0.0, ge=0)  # dollars per 1M input tokens
     output_price: float = Field(default=0.0, ge=0)
@@ -50,6 +51,12 @@ class ServerSettings(_Section):
     max_prompt_chars: int | None = None
     shutdown_grace_s: float | None = None
     allowed_hosts: list[str] | None = None
+    header_timeout_s: float | None = None
+    body_timeout_s: float | None = None
+    keep_alive_s: float | None = None
+    max_connections: int | None = None
+    max_header_bytes: int | None = None
+    max_response_bytes: int | None = None
 
 
 class LogSettings(_Section):

@@ -74,8 +74,9 @@ class LogStatus:
 class DecisionLog:
     """Batched background writer. `record` only appends to a deque (no lock hand-off, no
     thread wake-up per request); the writer thread drains it every `flush_s` seconds, at once
-    on `flush_now()` (the server calls it on SIGHUP), and on `close()`. A SIGKILL loses at most
-    the last `flush_s` seconds of rows.
+    on `flush_now()` (the server calls it on SIGHUP), and on `close()`. A SIGKILL loses the rows of
+    about the last `flush_s` seconds plus those of the requests in flight (bench/durability.py
+    measures it).
 
     When a write fails because the store is away, the rows stay buffered (pending plus the
     batch in hand, at most `max_pending`; beyond that new rows are dropped and counted) and the
@@ -83,7 +84,7 @@ class DecisionLog:
     once each, not per row."""
 
     def __init__(
-        self, location: str | Path, *, log_prompts: bool = False, flush_s: float = 0.2,
+        self, location: str | Path, *, log_prompts: bool = False, flush_s: float = 0.05,
         max_pending: int = DEFAULT_MAX_PENDING, close_wait_s: float = CLOSE_WAIT_S,
     ) -> None:
         self.store: DecisionStore = open_store(location)

@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 2**20  # a larger answer is a failed call, not a memory hog
+
 
 class HTTPPoolError(Exception):
     """Base class: the request got no (complete) HTTP response."""
@@ -103,6 +105,7 @@ class StreamResponse:
     _length: int | None
     _read_timeout: float
     _done: bool = field(default=False)
+    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # aread() and one stream event at most
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -148,7 +151,14 @@ class StreamResponse:
         self._done = True
 
     async def aread(self) -> bytes:
-        return b"".join([chunk async for chunk in self.aiter_raw()])
+        chunks, size = [], 0
+        async for chunk in self.aiter_raw():
+            size += len(chunk)
+            if size > self.max_bytes:
+                self._length = -1  # unread bytes remain: the connection is not reused
+                raise ProtocolError(f"response body over {self.max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
@@ -165,8 +175,10 @@ class HTTPPool:
     def __init__(
         self, *, connect_timeout: float = 5.0, read_timeout: float = 60.0,
         max_idle_per_host: int = 512, ssl_context: ssl.SSLContext | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.max_response_bytes = max_response_bytes
         self.read_timeout = read_timeout
         self.max_idle_per_host = max_idle_per_host
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
@@ -232,7 +244,8 @@ class HTTPPool:
             except asyncio.CancelledError:
                 conn.close()  # half a request in flight: the connection cannot be reused
                 raise
-            except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as exc:
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
+                    OSError, ValueError) as exc:
                 conn.close()
                 # A kept-alive connection the peer had already closed: retry once on a new one.
                 if conn.reused and attempt == 0:
@@ -241,11 +254,22 @@ class HTTPPool:
             chunked = "chunked" in response_headers.get("transfer-encoding", "").lower()
             length = None
             if not chunked and "content-length" in response_headers:
-                length = int(response_headers["content-length"])
+                try:
+                    length = int(response_headers["content-length"])
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    conn.close()
+                    raise ProtocolError("invalid Content-Length in the response")
+                if length > self.max_response_bytes:
+                    conn.close()
+                    raise ProtocolError(f"response body of {length} bytes is over the limit of "
+                                        f"{self.max_response_bytes}")
             if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
                 length = 0
             return StreamResponse(status, response_headers, self, target.key, conn, chunked,
-                                  length, self.read_timeout)
+                                  length, self.read_timeout,
+                                  max_bytes=self.max_response_bytes)
         raise ProtocolError("no valid response")  # pragma: no cover - loop always returns
 
     async def request(

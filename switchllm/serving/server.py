@@ -4,7 +4,8 @@ arrive and watches `receive` for the client hanging up).
 
 Endpoints (`SwitchServer._routes`): POST /v1/chat/completions (streaming and not), POST
 /v1/feedback, GET /v1/models, GET /health, GET /metrics, GET /v1/stats and the page that shows
-them (GET /dashboard), and the forwarded OpenAI endpoints. Every
+them (GET /dashboard), GET /openapi.json (serving.openapi describes them all), and the
+forwarded OpenAI endpoints. Every
 chat response carries `x-switchllm-request-id`, the id that feedback refers to. The request body
 is forwarded untouched except for `model`; the model that answered appears in the response
 `model` field, in every stream chunk and in `x-switchllm-*` response headers together with the
@@ -60,6 +61,7 @@ from switchllm.serving.groups import (
 )
 from switchllm.serving.http_pool import HTTPPoolError
 from switchllm.serving.metrics import ServerMetrics
+from switchllm.serving.openapi import OPENAPI
 from switchllm.serving.request_models import RequestShapeError, check_chat_request
 from switchllm.serving.routing import AsyncRouting, Decision, RouterSet, routable_text
 from switchllm.serving.stats import (
@@ -195,6 +197,7 @@ class SwitchServer:
                 c.models, timeout=c.timeout, connect_timeout=c.connect_timeout,
                 retries=c.retries, backoff=c.backoff,
                 on_retry=lambda model: self.metrics.retries.labels(model).inc(),
+                max_response_bytes=c.max_response_bytes,
             )
         return self._upstreams
 
@@ -232,6 +235,7 @@ class SwitchServer:
             api("/models/{model_id:path}", "GET", self._model_endpoint),
             api("/v1/feedback", "POST", self._feedback),
             api("/health", "GET", self._health_endpoint, auth=False),
+            api("/openapi.json", "GET", self._openapi_endpoint, auth=False),
             api("/v1/models", "GET", self._models_endpoint),
             api("/models", "GET", self._models_endpoint),
             api("/metrics", "GET", self._metrics_endpoint),
@@ -287,7 +291,10 @@ class SwitchServer:
         await _send_json(send, 200, self._model(scope["path_params"]["model_id"]))
 
     async def _health_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _send_json(send, 200, self._health())
+        await _send_json(send, 200, self._health(scope))
+
+    async def _openapi_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_json(send, 200, OPENAPI)
 
     async def _models_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _send_json(send, 200, self._models())
@@ -365,9 +372,18 @@ class SwitchServer:
                 type_="authentication_error", code="invalid_api_key",
             )
 
-    def _health(self) -> dict[str, Any]:
+    def _health(self, scope: Scope) -> dict[str, Any]:
+        """RouteLLM's answer, `{"status": "online"}`, to anyone (health checks send no key);
+        what is served only to a client with a valid key, where keys are required."""
+        health: dict[str, Any] = {"status": "online"}
+        if not self._api_keys:
+            return health
+        try:
+            self._authorize(scope)
+        except HTTPError:
+            return health
         return {
-            "status": "online",  # RouteLLM's health answer; checks look for it
+            **health,
             "routers": list(self.routers.routers),
             "strong_model": self.config.strong_model,
             "weak_model": self.config.weak_model,
@@ -735,6 +751,10 @@ class SwitchServer:
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Store a client's rating or preference of an answered request (see serving.feedback)."""
         body = await _read_body(scope, receive, self.config.max_body_bytes)
+        # the checks every body gets (nesting depth, lone surrogates, NaN) before the feedback
+        # fields are read: a surrogate request_id would otherwise break the log lookup
+        _parse_object(body, "a JSON feedback object {request_id, rating | preferred_model | "
+                            "winner}")
         try:
             if self.log is None:
                 raise FeedbackError(400, "this server keeps no decision log (log: {path: null}): "

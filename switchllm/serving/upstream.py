@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from switchllm.serving.config import ModelSpec
-from switchllm.serving.http_pool import HTTPPool, HTTPPoolError, ReadTimeout, StreamResponse, Target
+from switchllm.serving.http_pool import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    HTTPPool,
+    HTTPPoolError,
+    ProtocolError,
+    ReadTimeout,
+    StreamResponse,
+    Target,
+)
 
 _KEY_LIKE = re.compile(r"[\w\-.*]{6,}")  # a word that could hold a (masked) key
 _MASK = re.compile(r"\*+|\.\.\.")  # how providers mask the middle of a key
@@ -136,6 +144,7 @@ class Upstreams:
         backoff: float = 0.05,
         on_retry: Callable[[str], None] | None = None,
         max_retry_after: float = MAX_RETRY_WAIT_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.models = models
         # the longest Retry-After a request waits out on the same model: short for serving (a
@@ -147,7 +156,8 @@ class Upstreams:
         self.backoff = backoff
         self.on_retry = on_retry
         self.timeout = timeout
-        self.client = HTTPPool(connect_timeout=connect_timeout, read_timeout=timeout)
+        self.client = HTTPPool(connect_timeout=connect_timeout, read_timeout=timeout,
+                               max_response_bytes=max_response_bytes)
         self._targets: dict[str, tuple[Target, dict[str, str]]] = {}
         self._other_targets: dict[tuple[str, str], Target] = {}  # (model, path) beyond chat
         self._secrets: list[str] = []
@@ -451,6 +461,8 @@ async def _relay(
             if b"\r" in buffer:
                 buffer = buffer.replace(b"\r\n", b"\n")
             if b"\n\n" not in buffer:
+                if len(buffer) > response.max_bytes:  # one event without end: not SSE
+                    raise ProtocolError(f"stream event over {response.max_bytes} bytes")
                 continue
             *raw_events, buffer = buffer.split(b"\n\n")
             events = [_rewrite_event(raw, model, state, redact) for raw in raw_events]

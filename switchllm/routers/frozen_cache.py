@@ -46,16 +46,18 @@ def _replace_hidden(
 
 
 def capture(
-    model: torch.nn.Module, first_trained: int, ids: torch.Tensor, mask: torch.Tensor
+    model: torch.nn.Module, first_trained: int, ids: torch.Tensor, mask: torch.Tensor,
+    **forward_kwargs: Any,
 ) -> torch.Tensor:
     """(batch, width, hidden) input of block `first_trained` (the model's output when every
-    block is frozen), computed without autograd."""
+    block is frozen), computed without autograd. `forward_kwargs` go to the model's forward
+    (e.g. a causal LM's key/value cache of a shared prompt prefix)."""
     import torch
 
     _, layers = tu.transformer_layers(model)
     with torch.no_grad():
         if first_trained >= len(layers):
-            return model(input_ids=ids, attention_mask=mask).last_hidden_state
+            return model(input_ids=ids, attention_mask=mask, **forward_kwargs).last_hidden_state
         found: list[torch.Tensor] = []
 
         def hook(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -64,7 +66,7 @@ def capture(
 
         handle = layers[first_trained].register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            model(input_ids=ids, attention_mask=mask)
+            model(input_ids=ids, attention_mask=mask, **forward_kwargs)
         except _Captured:
             pass
         finally:
@@ -91,10 +93,11 @@ def _only_top_layers(model: torch.nn.Module, first_trained: int) -> Iterator[tor
 
 def forward_top(
     model: torch.nn.Module, first_trained: int, hidden: torch.Tensor, ids: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor, **forward_kwargs: Any,
 ) -> torch.Tensor:
     """The model's last hidden state, running only blocks first_trained.. on `hidden` (the
-    cached input of block first_trained); autograd records the top blocks as usual."""
+    cached input of block first_trained); autograd records the top blocks as usual.
+    `forward_kwargs` go to the model's forward, as in `capture`."""
     _, layers = tu.transformer_layers(model)
     if first_trained >= len(layers):
         return hidden
@@ -107,7 +110,7 @@ def forward_top(
     with _only_top_layers(model, first_trained) as first_block:
         handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            return model(input_ids=ids, attention_mask=mask).last_hidden_state
+            return model(input_ids=ids, attention_mask=mask, **forward_kwargs).last_hidden_state
         finally:
             handle.remove()
 

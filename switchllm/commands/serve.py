@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from switchllm.errors import SwitchLLMError
 from switchllm.serving import DEFAULT_LOG_PATH, DEFAULT_PORT
-from switchllm.serving.config import LOOPBACK_HOSTS
+from switchllm.serving.config import LOOPBACK_HOSTS, ServingConfig
 
 # How `--workers N` hands the parsed flags to each uvicorn worker process.
 WORKER_ARGS_ENV = "SWITCHLLM_SERVE_ARGS"
@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     from switchllm.serving.connections import server_options
 
     limits, notice = server_options(config, for_workers=args.workers > 1)
-    if notice:
+    if notice and config.max_connections != ServingConfig.max_connections:
+        # only a cap the user asked for: the default is lowered quietly on small-limit hosts
         print(f"switchllm: warning: {notice}", file=sys.stderr)
     # the limits' protocol class wraps the HTTP parser uvicorn_parts() picks (httptools)
     options = {"host": config.host, "port": config.port, "log_level": "warning",

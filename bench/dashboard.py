@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, run_upstream  # noqa: E402
 from switchllm.serving.log_store import SQLiteStore  # noqa: E402
 from switchllm.serving.stats import StatsQuery, StatsReader  # noqa: E402
 
@@ -93,25 +94,6 @@ def fill_log(path: Path, n: int, end: float, span_s: float) -> float:
     store.write(fake_rows(n, end, span_s), [])
     store.close()
     return time.perf_counter() - started
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_upstream(port: int) -> None:
-    import asyncio
-
-    from tests.serving_fixtures import FakeUpstream
-
-    async def main() -> None:
-        upstream = FakeUpstream(record=False)
-        await upstream.serve(port)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
 
 
 def start_server(port: int, upstream_port: int, log: Path, config: Path) -> subprocess.Popen:

@@ -19,7 +19,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,34 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_upstream(port: int) -> None:
-    from tests.serving_fixtures import FakeUpstream
-
-    async def main() -> None:
-        await FakeUpstream(record=False).serve(port)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
-def wait_port(port: int, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with code {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
+from bench.common import free_port, run_upstream, wait_port  # noqa: E402
 
 
 def request(port: int, i: int) -> bytes:

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import socket
 import sys
 import tempfile
 import time
@@ -29,11 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.common import free_port, wait_port  # noqa: E402
 
 
 def answer_strong(body: dict) -> str:
@@ -63,17 +58,6 @@ def run_upstream(port: int, latency_s: float) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 def label_once(workdir: Path, config: Path, prompts: Path, concurrency: int) -> float:

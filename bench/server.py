@@ -27,7 +27,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,15 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, wait_port  # noqa: E402
+
 MESSAGES = [{"role": "user", "content": "Explain the difference between TCP and UDP briefly."}]
 TOPICS = ["TCP and UDP", "a list and a tuple", "RAM and disk", "HTTP/1.1 and HTTP/2",
           "a mutex and a semaphore", "sorting and hashing", "Paris and Rome", "mitosis"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_upstream(port: int, strong_fail_rate: float) -> None:
@@ -76,19 +71,6 @@ def start_server(port: int, upstream_port: int, router: str, log: str,
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     wait_port(port, process)
     return process
-
-
-def wait_port(port: int, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process is not None and process.poll() is not None:
-            raise SystemExit(f"the server exited with code {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 # ---- a lean HTTP/1.1 keep-alive load generator ---------------------------------------------

@@ -107,3 +107,21 @@ def test_old_log_files_are_readable_then_migrated(tmp_path: Path) -> None:
                             "expected_cost_usd", "best_model", "best_cost_usd"]
     assert {"route_group", "predicted_quality", "best_cost_usd"} <= set(columns)
     assert [r["status"] for r in read_records(path)] == [200]
+
+
+def test_a_large_batch_lands_whole_and_in_order(tmp_path: Path) -> None:
+    """The SQLite writer inserts many rows per statement (log_store._sqlite_insert_many): every
+    row of a batch spanning several statements arrives once, in order, with its values."""
+    from dataclasses import astuple
+
+    from switchllm.serving.log_store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "d.sqlite")
+    records = [_record(1_800_000_000.0 + i) for i in range(2_345)]
+    for i, r in enumerate(records):
+        r.request_id = f"req-{i}"
+    store.write([astuple(r) for r in records], [])
+    rows = list(store.decisions())
+    store.close()
+    assert [r["request_id"] for r in rows] == [f"req-{i}" for i in range(2_345)]
+    assert rows[1_234]["ts"] == 1_800_000_000.0 + 1_234 and rows[1_234]["model"] == "weak"

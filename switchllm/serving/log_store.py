@@ -119,8 +119,21 @@ _SQLITE_SCHEMA = ";\n".join([
     "CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts)",
     table_sql("feedback", FEEDBACK_TABLE),
 ]) + ";\n"
-_SQLITE_INSERT = (f"INSERT INTO decisions ({', '.join(COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(COLUMNS))})")
+# Decision rows go in as multi-row INSERTs of this many rows (under SQLite's 32,766 variables).
+# Why not executemany: it runs one sqlite3_step per row, releasing and re-taking the GIL each
+# time, and while the event loop keeps a core busy every re-take waits up to the 5 ms switch
+# interval. The writer then fell seconds behind at ~2,000 req/s, and a SIGKILL lost 3-30% of
+# rows (bench/durability.py) instead of about one flush interval's.
+_SQLITE_ROWS_PER_INSERT = 1000
+
+
+def _sqlite_insert_many(connection: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+    one = f"({', '.join('?' * len(COLUMNS))})"
+    for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+        chunk = rows[start:start + _SQLITE_ROWS_PER_INSERT]
+        connection.execute(
+            f"INSERT INTO decisions ({', '.join(COLUMNS)}) VALUES {', '.join([one] * len(chunk))}",
+            [value for row in chunk for value in row])
 _SQLITE_INSERT_FEEDBACK = (f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) "
                            f"VALUES ({', '.join('?' * len(FEEDBACK_COLUMNS))})")
 
@@ -174,7 +187,7 @@ class SQLiteStore:
                 if feedback:
                     self._writer.executemany(_SQLITE_INSERT_FEEDBACK, feedback)
                 if decisions:
-                    self._writer.executemany(_SQLITE_INSERT, decisions)
+                    _sqlite_insert_many(self._writer, decisions)
         except SwitchLLMError as exc:  # the file could not be (re)opened
             raise StoreUnavailable(str(exc)) from exc
         except sqlite3.OperationalError as exc:  # locked, disk full, file gone

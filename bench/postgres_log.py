@@ -39,13 +39,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.server import (  # noqa: E402
-    free_port,
-    read_response,
-    request_bytes,
-    run_upstream,
-    wait_port,
-)
+from bench.common import free_port, wait_port  # noqa: E402
+from bench.server import read_response, request_bytes, run_upstream  # noqa: E402
 from tests.postgres_fixture import TempPostgres, require_postgres  # noqa: E402, F401
 
 MODEL = "router-random-0.5"

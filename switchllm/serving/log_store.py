@@ -220,13 +220,9 @@ class SQLiteStore:
             present = {row[1] for row in connection.execute("PRAGMA table_info(decisions)")}
             if not present:
                 raise self._not_a_log("no decisions table")
-            selected = [c if c in present else f"NULL AS {c}" for c in wanted]
-            where, params = _time_filter(since, until, "?")
-            sql = (f"SELECT {', '.join(selected)} FROM decisions{where} ORDER BY ts"
-                   f"{' DESC' if newest_first else ''}")
-            if limit is not None:
-                sql += " LIMIT ?"
-                params.append(int(limit))
+            sql, params = decisions_query(wanted, present, since=since, until=until,
+                                          limit=limit, newest_first=newest_first,
+                                          placeholder="?")
             for row in connection.execute(sql, params):
                 yield dict(row)
         except sqlite3.Error as exc:
@@ -290,8 +286,12 @@ MEAN_COMPLETION_TOKENS = (
     "completion_tokens IS NOT NULL AND model IS NOT NULL GROUP BY model")
 
 
-def _time_filter(since: float | None, until: float | None,
-                 placeholder: str) -> tuple[str, list]:
+def decisions_query(wanted: Sequence[str], present: set[str], *, since: float | None,
+                    until: float | None, limit: int | None, newest_first: bool,
+                    placeholder: str) -> tuple[str, list]:
+    """The SELECT of decision rows both backends run (`placeholder`: "?" or "%s"): the `wanted`
+    columns, NULL for those an older table lacks, since <= ts < until, by time."""
+    selected = [c if c in present else f"NULL AS {c}" for c in wanted]
     clauses, params = [], []
     if since is not None:
         clauses.append(f"ts >= {placeholder}")
@@ -299,4 +299,10 @@ def _time_filter(since: float | None, until: float | None,
     if until is not None:
         clauses.append(f"ts < {placeholder}")
         params.append(float(until))
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+    sql = (f"SELECT {', '.join(selected)} FROM decisions"
+           f"{' WHERE ' + ' AND '.join(clauses) if clauses else ''} ORDER BY ts"
+           f"{' DESC' if newest_first else ''}")
+    if limit is not None:
+        sql += f" LIMIT {placeholder}"
+        params.append(int(limit))
+    return sql, params

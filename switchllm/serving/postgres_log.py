@@ -29,8 +29,8 @@ from switchllm.serving.log_store import (
     MEAN_COMPLETION_TOKENS,
     StoreRejected,
     StoreUnavailable,
-    _time_filter,
     check_columns,
+    decisions_query,
     redact_url,
 )
 
@@ -181,13 +181,9 @@ class PostgresStore:
                 raise SwitchLLMError(
                     f"no decision log in {self.location} yet (no decisions table): start "
                     "`switchllm serve --log-url URL` first")
-            selected = [c if c in present else f"NULL AS {c}" for c in wanted]
-            where, params = _time_filter(since, until, "%s")
-            sql = (f"SELECT {', '.join(selected)} FROM decisions{where} ORDER BY ts"
-                   f"{' DESC' if newest_first else ''}")
-            if limit is not None:
-                sql += " LIMIT %s"
-                params.append(int(limit))
+            sql, params = decisions_query(wanted, present, since=since, until=until,
+                                          limit=limit, newest_first=newest_first,
+                                          placeholder="%s")
             # a server-side cursor: a log of millions of rows is streamed, not loaded at once
             with connection.cursor(name="switchllm_decisions", row_factory=dict_row) as cursor:
                 cursor.itersize = 5000

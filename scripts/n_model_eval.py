@@ -31,7 +31,8 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "sw_ranking": ("sw_ranking", {}),
     # knn scoring each model by its measured quality on the neighbours, used as is
     **{f"knn k={k} quality_memory": ("knn", {"k": k, "quality_memory": True,
-                                             "calibration": "identity"}) for k in (16, 32, 64)},
+                                             "calibration": "identity"})
+       for k in (16, 32, 64, 128)},
 }
 # the same settings with Platt (per-model logistic) calibration instead of isotonic
 CANDIDATES.update({f"{name} platt": (kind, {**params, "calibration": "platt"})
@@ -40,6 +41,11 @@ CANDIDATES.update({f"{name} platt": (kind, {**params, "calibration": "platt"})
 CANDIDATES.update({f"knn k=32 quality_memory smoothing={m}": (
     "knn", {"k": 32, "quality_memory": True, "calibration": "identity", "smoothing": m})
     for m in (0.5, 8, 32)})
+# the embedding the measured-quality knn reads long prompts with (the default now reads their
+# ends too: all-MiniLM-L6-v2+tail)
+CANDIDATES.update({f"knn k={k} quality_memory head-only": (
+    "knn", {"k": k, "quality_memory": True, "calibration": "identity",
+            "embedding_model": "all-MiniLM-L6-v2"}) for k in (32, 64, 128)})
 CANDIDATES.update({f"knn k={k} quality_memory platt": (
     "knn", {"k": k, "quality_memory": True, "calibration": "platt"}) for k in (32, 64)})
 ENSEMBLES = {f"{a} + {b}{c}": (a + c, b + c) for c in ("", " platt")
@@ -66,6 +72,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--benchmark", default="routerbench")
     parser.add_argument("--only", default=None, help="comma-separated candidate names")
+    parser.add_argument("--suffix", default="", help="appended to the output file's name")
     args = parser.parse_args()
     train, _ = held_out_splits(args.benchmark)  # the test split is not used
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -94,7 +101,7 @@ def main() -> None:
                for name, runs in results.items()}
     print(json.dumps(summary, indent=1))
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"n_models_selection_{args.benchmark}.json").write_text(json.dumps(
+    (OUT / f"n_models_selection_{args.benchmark}{args.suffix}.json").write_text(json.dumps(
         {"seeds": seeds, "mean": summary, "runs": results}, indent=1) + "\n")
 
 

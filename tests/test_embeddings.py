@@ -183,3 +183,58 @@ def test_running_process_keeps_the_disk_cache_bounded(embeddings_server, tmp_pat
     CachedEmbedder(OpenAIEmbedder("m", base_url=embeddings_server), cache_dir=tmp_path,
                    use_shipped=False, max_entries=4).embed(["unique 39", "unique 38"])
     assert _EmbeddingsHandler.requests == []  # the newest survived the compactions
+
+
+def _few_shot(question: str) -> str:
+    examples = "\n\n".join(
+        f"Which of these is a {kind}?\nA) oak\nB) granite\nC) salmon\nD) copper\nAnswer: "
+        f"{answer}" for kind, answer in (("tree", "A"), ("rock", "B"), ("fish", "C"),
+                                          ("metal", "D")) * 6)
+    return f"{examples}\n\n{question}\nAnswer:"
+
+
+def test_head_tail_embedder_reads_the_question_at_the_end_of_a_long_prompt(tmp_path):
+    from switchllm.embeddings import HeadTailEmbedder, tail_text
+
+    local = LocalEmbedder()
+    base = CachedEmbedder(local, cache_dir=tmp_path, use_shipped=False)
+    tail = HeadTailEmbedder(base, local)
+    bread = "How do I bake sourdough bread at home?"
+    primes = "Prove there are infinitely many primes."
+    long_bread, long_primes = _few_shot(bread), _few_shot(primes)
+    assert local.truncates([bread, long_bread]).tolist() == [False, True]
+    assert tail_text(long_bread) == f"{bread}\nAnswer:"
+    # the encoder reads 256 tokens: the shared examples alone, so both questions look the same
+    head = base.embed([long_bread, long_primes])
+    assert head[0] @ head[1] > 0.99
+    vectors = tail.embed([bread, long_bread, long_primes])
+    assert np.allclose(vectors[0], base.embed([bread])[0])  # short: the base embedding
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[1] @ vectors[2] < 0.9
+    plain = base.embed([bread, primes])
+    assert vectors[1] @ plain[0] > vectors[1] @ plain[1] + 0.1
+
+
+def test_tail_text_falls_back_to_the_last_characters():
+    from switchllm.embeddings import TAIL_CHARS, tail_text
+
+    text = "x " * 2000
+    assert tail_text(text) == text.rstrip()[-TAIL_CHARS:]
+    assert tail_text("intro\n\n   \n\nquestion?  ") == "question?"
+
+
+def test_shipped_tail_store_covers_every_long_shipped_prompt():
+    """The `+tail` store holds the long shipped prompts; every other shipped prompt comes from
+    the base store, which is only right if it is short (the encoder reads all of it)."""
+    from switchllm.data.benchmarks import load_benchmark
+    from switchllm.embeddings import LOCAL_MODEL, LOCAL_TAIL_MODEL, shipped_store, text_key
+
+    prompts = load_benchmark("routerbench").prompts[::3]
+    local = LocalEmbedder()
+    layered, base = shipped_store(LOCAL_TAIL_MODEL), shipped_store(LOCAL_MODEL)
+    cut = local.truncates(prompts)
+    assert cut.any() and not cut.all()
+    for prompt, long in zip(prompts, cut, strict=True):
+        key = text_key(prompt)
+        assert (layered.top.get(key) is not None) == bool(long)
+        assert layered.get(key) is not None and base.get(key) is not None

@@ -68,7 +68,7 @@ def test_train_command_writes_a_complete_card(knn_card: Path, capsys) -> None:
     assert (knn_card / "weights.safetensors").is_file()
     card = json.loads((knn_card / "router.json").read_text())
     assert card["type"] == "knn" and card["params"]["k"] == 16
-    assert card["embedding_model"] == "all-MiniLM-L6-v2"
+    assert card["embedding_model"] == "all-MiniLM-L6-v2+tail"
     assert card["fingerprint"] == mmlu_battles().fingerprint()
     assert card["training"]["train_prompts"] == 450
     validation = card["validation"]

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-bad-row", choices=("skip", "error"), default="skip",
                         help="skip unreadable rows with a warning (default) or stop")
     parser.add_argument("--embedding-model", default=None, metavar="NAME",
-                        help="embedding model: all-MiniLM-L6-v2 (default) or openai:<model>")
+                        help="embedding model: all-MiniLM-L6-v2+tail (default; reads long "
+                        "prompts' ends too), all-MiniLM-L6-v2 or openai:<model>")
     parser.add_argument("--strong-model", default=None,
                         help="default strong model of the card (default: gpt-4-1106-preview "
                              "if in the data, else the model with the best mean result)")

@@ -41,7 +41,7 @@ N_MODEL_BENCHMARKS = ("routerbench", "llmrouter")
 # battle results with isotonic calibration, the earlier setting, 0.803-0.812); the others are
 # Platt-calibrated (mf 10 epochs 0.817, isotonic 0.797).
 N_MODEL_PARAMS: dict[str, dict[str, Any]] = {
-    "knn": {"k": 32, "quality_memory": True, "calibration": "identity"},
+    "knn": {"k": 128, "quality_memory": True, "calibration": "identity"},
     "mf": {"epochs": 10, "calibration": "platt"},
     "sw_ranking": {"calibration": "platt"},
 }

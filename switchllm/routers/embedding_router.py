@@ -45,10 +45,10 @@ class EmbeddingRouter(Router):
     scores_are_logits: ClassVar[bool] = False
 
     def __init__(self, embedding_model: str | None = None, text_features: float = 0.0) -> None:
-        from switchllm.embeddings import LOCAL_MODEL
+        from switchllm.embeddings import LOCAL_TAIL_MODEL
 
         super().__init__()
-        self.embedding_model = embedding_model or LOCAL_MODEL
+        self.embedding_model = embedding_model or LOCAL_TAIL_MODEL
         # scale of the standardised text features appended to the embedding; 0 = none
         self.text_features = float(text_features)
         if not np.isfinite(self.text_features) or self.text_features < 0:

@@ -27,7 +27,12 @@ from switchllm.data.benchmarks import DEFAULT_TRAINING_EXCLUDE, router_training_
 from switchllm.data.own_data import shipped_sets, training_provenance
 from switchllm.routers import DEFAULTS_DIR, load_router
 from switchllm.routers.base import DEFAULT_STRONG_MODEL, DEFAULT_WEAK_MODEL
-from switchllm.routers.ensemble import EnsembleRouter, fit_stacking_weights, stacking_features
+from switchllm.routers.ensemble import (
+    EnsembleRouter,
+    fit_stacking_weights,
+    stacking_features,
+    usable_battles,
+)
 from switchllm.training import apgr, pair_gains, split_by_prompt
 
 CANDIDATE_MEMBERS = ("knn", "mf", "sw_ranking", "bert", "causal_llm")
@@ -101,10 +106,9 @@ def main() -> None:
     routers = [load_router(k) for k in kinds]
     x, y, s = stacking_features(routers, stack)
     print(f"member win rates on the stacking set: {time.perf_counter() - started:.0f}s")
-    # the same battles, in stacking_features' row order (it drops only self-battles)
-    rows = stack.model_a != stack.model_b
-    sub = Battles(stack.prompts, stack.models, stack.prompt_idx[rows], stack.model_a[rows],
-                  stack.model_b[rows], stack.outcome[rows], stack.weight[rows])
+    # the same battles, in stacking_features' row order (between models every candidate knows:
+    # with causal_llm, only RouteLLM's pair)
+    sub = usable_battles(routers, stack)
     order = np.random.default_rng(SEED).permutation(len(stack.prompts))
     prompt_fold = np.empty(len(stack.prompts), dtype=np.int64)
     prompt_fold[order] = np.arange(len(order)) % FOLDS

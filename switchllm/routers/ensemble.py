@@ -344,12 +344,11 @@ def train_member(spec: str, battles: Battles, progress: bool = False) -> Router:
     return router_class(kind)(**params).fit(battles, progress=progress)
 
 
-def stacking_features(routers: Sequence[Router], battles: Battles
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(member logits per battle, outcome, weight) for the battles between models every member
-    knows (others are skipped: no member can be asked about them)."""
+def usable_battles(routers: Sequence[Router], battles: Battles) -> Battles:
+    """The battles between two different models that every member knows (no member can be
+    asked about the others), with only those models in the model list."""
     from switchllm.data.battles import Battles
-    from switchllm.training import _select_rows, predict_battles
+    from switchllm.training import _select_rows
 
     known_sets = [set(r.models) for r in routers if r.models]
     usable = np.array([all(m in k for k in known_sets) for m in battles.models], dtype=bool)
@@ -362,7 +361,15 @@ def stacking_features(routers: Sequence[Router], battles: Battles
     kept = np.nonzero(usable)[0]
     remap = np.full(len(battles.models), -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
-    sub = Battles(sub.prompts, [battles.models[i] for i in kept], sub.prompt_idx,
-                  remap[sub.model_a], remap[sub.model_b], sub.outcome, sub.weight)
+    return Battles(sub.prompts, [battles.models[i] for i in kept], sub.prompt_idx,
+                   remap[sub.model_a], remap[sub.model_b], sub.outcome, sub.weight)
+
+
+def stacking_features(routers: Sequence[Router], battles: Battles
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(member logits per battle, outcome, weight) for `usable_battles`, in their order."""
+    from switchllm.training import predict_battles
+
+    sub = usable_battles(routers, battles)
     x = np.stack([logit(predict_battles(r, sub)) for r in routers], axis=1)
     return x, sub.outcome.astype(np.float64), sub.weight.astype(np.float64)

@@ -219,3 +219,23 @@ def test_eval_combines_members_already_evaluated(frozen: EnsembleRouter, member_
     np.testing.assert_allclose(together["routers"][key]["curve"]["quality"],
                                alone["routers"][key]["curve"]["quality"], atol=1e-9)
     assert together["routers"][key]["apgr"] == pytest.approx(alone["routers"][key]["apgr"])
+
+
+def test_stacking_uses_only_battles_every_member_knows() -> None:
+    """A pair-only member (like causal_llm) limits the stacking set to its pair; the features,
+    outcomes and the battles they belong to line up (ensemble_default.py crashed here)."""
+    from switchllm.routers.ensemble import stacking_features, usable_battles
+
+    prompts = mmlu_battles().prompts[:80]
+    rng = np.random.default_rng(0)
+    models = [STRONG, WEAK, "third-model"]
+    scores = rng.integers(0, 2, size=(len(prompts), 3)).astype(float)
+    battles = Battles.from_scores(prompts, models, scores)
+    everyone = router_class("knn")(k=8).fit(battles)
+    pair = router_class("knn")(k=8).fit(Battles.from_scores(prompts, models[:2], scores[:, :2]))
+    x, y, s = stacking_features([everyone, pair], battles)
+    sub = usable_battles([everyone, pair], battles)
+    assert sorted(sub.models) == sorted([STRONG, WEAK])
+    assert len(x) == len(y) == len(s) == len(sub) < len(battles)
+    assert np.array_equal(y, sub.outcome.astype(float))
+    assert fit_stacking_weights(x, y, s, 1.0).shape == (2,)

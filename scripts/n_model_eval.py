@@ -38,9 +38,9 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
 CANDIDATES.update({f"{name} platt": (kind, {**params, "calibration": "platt"})
                    for name, (kind, params) in list(CANDIDATES.items())
                    if "calibration" not in params})
-CANDIDATES.update({f"knn k=32 quality_memory smoothing={m}": (
-    "knn", {"k": 32, "quality_memory": True, "calibration": "identity", "smoothing": m})
-    for m in (0.5, 8, 32)})
+CANDIDATES.update({f"knn k={k} quality_memory smoothing={m}": (
+    "knn", {"k": k, "quality_memory": True, "calibration": "identity", "smoothing": m})
+    for k in (32, 128) for m in (0.5, 8, 32)})
 # the embedding the measured-quality knn reads long prompts with (the default now reads their
 # ends too: all-MiniLM-L6-v2+tail)
 CANDIDATES.update({f"knn k={k} quality_memory head-only": (

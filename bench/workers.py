@@ -152,6 +152,18 @@ def measure(port: int, model: str, clients: int, duration: float) -> dict:
     return result
 
 
+def measure_with_cpu(port: int, model: str, clients: int, duration: float, server_pid: int,
+                     upstream_pid: int) -> dict:
+    """`measure`, plus the CPU the server and the upstream spent per request (`cpu_ms`) and the
+    cores other work on the host used meanwhile (`others_cores`)."""
+    before = cpu_use(server_pid, upstream_pid)
+    result = measure(port, model, clients, duration)
+    used = {k: v - before[k] for k, v in cpu_use(server_pid, upstream_pid).items()}
+    result["others_cores"] = used.pop("others") / used.pop("wall")
+    result["cpu_ms"] = {k: 1000 * v / result["all_requests"] for k, v in used.items()}
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routers", default="random,mf")
@@ -184,14 +196,8 @@ def main() -> int:
                 for workers in order:
                     process, port = start(workers, up_port, router, tmp, args.server_arg)
                     try:
-                        before = cpu_use(process.pid, upstream.pid)
-                        result = measure(port, f"router-{name}-0.5", args.clients,
-                                         args.duration)
-                        used = {k: v - before[k]
-                                for k, v in cpu_use(process.pid, upstream.pid).items()}
-                        result["others_cores"] = used.pop("others") / used.pop("wall")
-                        result["cpu_ms"] = {k: 1000 * v / result["all_requests"]
-                                            for k, v in used.items()}
+                        result = measure_with_cpu(port, f"router-{name}-0.5", args.clients,
+                                                  args.duration, process.pid, upstream.pid)
                     finally:
                         process.terminate()
                         process.wait(60)
@@ -211,12 +217,8 @@ def main() -> int:
             try:
                 for repeat in range(args.repeats):
                     for name in names:
-                        before = cpu_use(process.pid, upstream.pid)
-                        result = measure(port, f"router-{name}-0.5", args.clients,
-                                         args.duration)
-                        used = {k: v - before[k]
-                                for k, v in cpu_use(process.pid, upstream.pid).items()}
-                        result["others_cores"] = used.pop("others") / used.pop("wall")
+                        result = measure_with_cpu(port, f"router-{name}-0.5", args.clients,
+                                                  args.duration, process.pid, upstream.pid)
                         rows.append((name, 0, repeat, result))
                         print(f"{name:<8} ray serve repeat={repeat} {result['rps']:8.0f} req/s  "
                               f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
